@@ -1,0 +1,207 @@
+"""The E4SRec module: item-ID embeddings fed through a frozen LLM with LoRA.
+
+Input layout for one history, left-padded to the batch's longest row::
+
+    [pad ... pad] instruction tokens | projected history items | response tokens
+
+The hidden state at the last position goes through the scoring head, which
+returns one score per item ID (index 0 is the padding ID), so a single forward
+pass ranks the whole catalogue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from model.backbone import Backbone
+from model.data import PADDING_ID
+from model.lora import LoraSettings, activate_adapter
+
+HEAD_TIED = "tied"
+HEAD_LINEAR = "linear"
+
+DEFAULT_INSTRUCTION = "Given the user's purchase history, predict the next item."
+
+
+@dataclass
+class E4SRecConfig:
+    """Everything besides tensors that a bundle needs to rebuild its module."""
+
+    num_items: int
+    id_dim: int
+    hidden_size: int
+    max_history_length: int = 20
+    instruction: str = DEFAULT_INSTRUCTION
+    response: str = ""
+    instruction_ids: list[int] = field(default_factory=list)
+    response_ids: list[int] = field(default_factory=list)
+    head: str = HEAD_TIED
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "E4SRecConfig":
+        values = dict(values)
+        values["lora"] = LoraSettings(**values.get("lora", {}))
+        return cls(**values)
+
+
+class TiedHead(nn.Module):
+    """Scores items by the dot product of a projected state with the ID table.
+
+    Starting from a good ID table (SASRec's), this head ranks well from the
+    first step, and an item added to the table is scored without retraining.
+    """
+
+    def __init__(self, hidden_size: int, id_dim: int, num_rows: int):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, id_dim)
+        self.item_bias = nn.Parameter(torch.zeros(num_rows))
+
+    def forward(self, states: torch.Tensor, item_table: torch.Tensor) -> torch.Tensor:
+        return self.proj(states) @ item_table.T + self.item_bias
+
+
+class E4SRec(nn.Module):
+    """ID table, input projector and scoring head around one LoRA adapter.
+
+    The backbone is shared with other bundles and is not a submodule, so the
+    module's ``state_dict`` holds exactly the bundle's own tensors.
+    """
+
+    def __init__(self, backbone: Backbone, config: E4SRecConfig, adapter_name: str):
+        super().__init__()
+        if config.hidden_size != backbone.hidden_size:
+            raise ValueError(
+                f"bundle hidden size {config.hidden_size} does not match backbone {backbone.name} "
+                f"hidden size {backbone.hidden_size}"
+            )
+        self._backbone = [backbone]
+        self.config = config
+        self.adapter_name = adapter_name
+        num_rows = config.num_items + 1
+        self.id_embeddings = nn.Embedding(num_rows, config.id_dim, padding_idx=PADDING_ID)
+        self.id_embeddings.weight.requires_grad_(False)
+        self.projector = nn.Linear(config.id_dim, config.hidden_size)
+        if config.head == HEAD_TIED:
+            self.head: nn.Module = TiedHead(config.hidden_size, config.id_dim, num_rows)
+        elif config.head == HEAD_LINEAR:
+            self.head = nn.Linear(config.hidden_size, num_rows)
+        else:
+            raise ValueError(f"head {config.head!r} is not supported; use {HEAD_TIED!r} or {HEAD_LINEAR!r}")
+        self.register_buffer("instruction_ids", torch.tensor(config.instruction_ids, dtype=torch.long), persistent=False)
+        self.register_buffer("response_ids", torch.tensor(config.response_ids, dtype=torch.long), persistent=False)
+
+    def train(self, mode: bool = True) -> "E4SRec":
+        # The LoRA layers live in the shared backbone, outside this module's
+        # children, so their dropout follows this module's mode explicitly.
+        super().train(mode)
+        if self.backbone.peft_model is not None:
+            self.backbone.peft_model.train(mode)
+        return self
+
+    @property
+    def backbone(self) -> Backbone:
+        return self._backbone[0]
+
+    @property
+    def num_items(self) -> int:
+        return self.config.num_items
+
+    def truncate(self, history: list[int]) -> list[int]:
+        """Keep the most recent ``max_history_length`` items."""
+        return list(history[-self.config.max_history_length :])
+
+    def build_inputs(self, histories: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return left-padded ``inputs_embeds``, ``attention_mask`` and ``position_ids``."""
+        backbone = self.backbone
+        device = backbone.device
+        instruction = backbone.input_embeddings(self.instruction_ids)
+        response = backbone.input_embeddings(self.response_ids)
+        longest = max(len(history) for history in histories)
+        total = instruction.shape[0] + longest + response.shape[0]
+
+        rows, masks = [], []
+        for history in histories:
+            items = torch.as_tensor(history, dtype=torch.long, device=device)
+            projected = self.projector(self.id_embeddings(items)).to(instruction.dtype)
+            pad = total - instruction.shape[0] - len(history) - response.shape[0]
+            padding = instruction.new_zeros(pad, instruction.shape[1])
+            rows.append(torch.cat([padding, instruction, projected, response]))
+            mask = torch.ones(total, dtype=torch.long, device=device)
+            mask[:pad] = 0
+            masks.append(mask)
+        inputs_embeds = torch.stack(rows)
+        attention_mask = torch.stack(masks)
+
+        # Left padding keeps every row's last position at index -1. Position ids
+        # come from the mask so a row's real tokens get positions 0, 1, ... no
+        # matter how much padding precedes them, which makes its scores
+        # independent of what else is in the batch.
+        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+        return inputs_embeds, attention_mask, position_ids
+
+    def hidden_states(self, histories: list[list[int]]) -> torch.Tensor:
+        if not histories or any(len(history) == 0 for history in histories):
+            raise ValueError("every history needs at least one item")
+        activate_adapter(self.backbone, self.adapter_name)
+        inputs_embeds, attention_mask, position_ids = self.build_inputs(histories)
+        output = self.backbone.decoder(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        )
+        return output.last_hidden_state
+
+    def score_states(self, states: torch.Tensor) -> torch.Tensor:
+        """Map backbone states of shape (..., hidden) to float32 item scores (..., num_items + 1)."""
+        states = states.float()
+        if isinstance(self.head, TiedHead):
+            return self.head(states, self.id_embeddings.weight.float())
+        return self.head(states)
+
+    def score_histories(self, histories: list[list[int]]) -> torch.Tensor:
+        """Score every item ID for each history (truncated to the maximum length)."""
+        truncated = [self.truncate(history) for history in histories]
+        return self.score_states(self.hidden_states(truncated)[:, -1])
+
+    def training_loss(self, sequences: list[list[int]]) -> tuple[torch.Tensor, int]:
+        """Softmax cross-entropy over all items, supervising every position at once.
+
+        The backbone is causal, so the state at history position t only sees
+        items up to t and can be trained to predict item t + 1: one forward pass
+        over a sequence yields a target per item instead of one per prefix.
+        With response tokens, the last response position is also trained on
+        the final item, which is the position that serving reads.
+        Returns the mean loss and the number of targets.
+        """
+        inputs = [sequence[:-1][-self.config.max_history_length :] for sequence in sequences]
+        targets = [sequence[1:][-self.config.max_history_length :] for sequence in sequences]
+        states = self.hidden_states(inputs)
+
+        response_length = self.response_ids.numel()
+        total = states.shape[1]
+        gathered, labels = [], []
+        for row, (history, target) in enumerate(zip(inputs, targets)):
+            end = total - response_length
+            gathered.append(states[row, end - len(history) : end])
+            labels.extend(target)
+            if response_length:
+                gathered.append(states[row, -1:])
+                labels.append(target[-1])
+        logits = self.score_states(torch.cat(gathered))
+        label_tensor = torch.tensor(labels, dtype=torch.long, device=logits.device)
+        return nn.functional.cross_entropy(logits, label_tensor), len(labels)
+
+    def bundle_tensors(self) -> dict[str, torch.Tensor]:
+        """The module's own tensors as stored in a bundle, in float32."""
+        return {name: tensor.detach().float().cpu().contiguous() for name, tensor in self.state_dict().items()}
+
+    def load_bundle_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(tensors, strict=True)

@@ -1,0 +1,84 @@
+"""SASRec: a self-attentive sequential recommender over item IDs.
+
+Its item embedding table is E4SRec's ID embedding table. Trained here with
+full softmax cross-entropy over all items at every position (Kang and
+McAuley, 2018, "Self-Attentive Sequential Recommendation", with the
+cross-entropy loss that later work found stronger than sampled BCE).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from model.data import PADDING_ID
+
+
+@dataclass
+class SASRecConfig:
+    num_items: int
+    hidden_size: int = 64
+    num_blocks: int = 2
+    num_heads: int = 1
+    max_length: int = 50
+    dropout: float = 0.5
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SASRec(nn.Module):
+    def __init__(self, config: SASRecConfig):
+        super().__init__()
+        self.config = config
+        self.item_embeddings = nn.Embedding(config.num_items + 1, config.hidden_size, padding_idx=PADDING_ID)
+        self.position_embeddings = nn.Embedding(config.max_length, config.hidden_size)
+        self.dropout = nn.Dropout(config.dropout)
+        layer = nn.TransformerEncoderLayer(
+            d_model=config.hidden_size,
+            nhead=config.num_heads,
+            dim_feedforward=config.hidden_size,
+            dropout=config.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, num_layers=config.num_blocks, enable_nested_tensor=False)
+        self.final_norm = nn.LayerNorm(config.hidden_size)
+        nn.init.normal_(self.item_embeddings.weight, std=0.02)
+        with torch.no_grad():
+            self.item_embeddings.weight[PADDING_ID].zero_()
+
+    def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
+        """Encode right-aligned (left-padded) item IDs into one state per position."""
+        length = item_ids.shape[1]
+        positions = torch.arange(length, device=item_ids.device).unsqueeze(0)
+        hidden = self.item_embeddings(item_ids) * self.config.hidden_size**0.5 + self.position_embeddings(positions)
+        padding = item_ids == PADDING_ID
+        hidden = self.dropout(hidden) * (~padding).unsqueeze(-1)
+
+        # Padding keys are not masked (as in the original SASRec): every
+        # sequence is left-padded to max_length, so training and scoring see
+        # the same layout, and no query row is ever left with zero keys.
+        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=item_ids.device), diagonal=1)
+        hidden = self.encoder(hidden, mask=causal)
+        hidden = hidden * (~padding).unsqueeze(-1)
+        return self.final_norm(hidden)
+
+    def item_logits(self, states: torch.Tensor) -> torch.Tensor:
+        return states @ self.item_embeddings.weight.T
+
+    def full_sort_predict(self, histories: list[list[int]]) -> torch.Tensor:
+        item_ids = left_pad([history[-self.config.max_length :] for history in histories], self.config.max_length)
+        item_ids = item_ids.to(self.item_embeddings.weight.device)
+        return self.item_logits(self.forward(item_ids)[:, -1])
+
+
+def left_pad(sequences: list[list[int]], length: int) -> torch.Tensor:
+    batch = torch.full((len(sequences), length), PADDING_ID, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        if sequence:
+            batch[row, length - len(sequence) :] = torch.as_tensor(sequence)
+    return batch

@@ -1,0 +1,284 @@
+"""``e4srec train``: train an E4SRec bundle on one data set.
+
+The backbone stays frozen; the ID table is frozen and taken from the SASRec
+stage (``e4srec pretrain-ids``); the projector, LoRA adapter and scoring head
+are trained with softmax cross-entropy over all items.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import platform
+import random
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from model.backbone import Backbone, BackboneSettings, load_backbone
+from model.bundle import write_bundle
+from model.checkpoint import TrainingState, load_checkpoint, save_checkpoint
+from model.data import LeaveOneOutSplit, leave_one_out, read_interactions
+from model.e4srec import DEFAULT_INSTRUCTION, HEAD_LINEAR, HEAD_TIED, E4SRec, E4SRecConfig
+from model.evaluate import evaluate_full_ranking
+from model.lora import DEFAULT_TARGET_MODULES, LoraSettings, attach_adapter
+from model.metrics import format_metrics_table
+from model.pretrain_ids import ITEM_EMBEDDINGS_FILE, ITEM_EMBEDDINGS_KEY, seed_everything
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOptions:
+    name: str
+    output: Path
+    ids: Path
+    max_history_length: int = 20
+    instruction: str = DEFAULT_INSTRUCTION
+    response: str = ""
+    head: str = HEAD_TIED
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    batch_size: int = 32
+    epochs: float = 1.0
+    max_minutes: float | None = None
+    max_train_users: int | None = None
+    autocast_bf16: bool = False
+    checkpoint_dir: Path | None = None
+    checkpoint_every_s: float = 300.0
+    eval_split: str = "test"
+    eval_users: int | None = None
+    eval_batch_size: int = 64
+    seed: int = 0
+    progress: bool = True
+
+
+def load_id_table(path: Path, num_items: int) -> torch.Tensor:
+    """Read the SASRec item table, checking it covers every item ID."""
+    file_path = path / ITEM_EMBEDDINGS_FILE if path.is_dir() else path
+    if not file_path.is_file():
+        raise FileNotFoundError(f"ID embedding file {file_path} does not exist; run e4srec pretrain-ids first")
+    table = load_file(str(file_path))[ITEM_EMBEDDINGS_KEY].float()
+    if table.shape[0] != num_items + 1:
+        raise ValueError(
+            f"ID table {file_path} has {table.shape[0]} rows, but the data has {num_items} items "
+            f"(expected {num_items + 1} rows including padding row 0); pretrain on the same data"
+        )
+    return table
+
+
+def length_bucketed_batches(sequences: list[list[int]], batch_size: int, seed: int) -> list[list[list[int]]]:
+    """Group sequences of similar length into batches, in a seeded random order.
+
+    Most histories are short, so sorting by length before batching keeps
+    padding, and the compute it wastes, small. A short random jitter on the
+    length lets neighbours mix between epochs.
+    """
+    rng = random.Random(seed)
+    order = sorted(range(len(sequences)), key=lambda index: (len(sequences[index]), rng.random()))
+    batches = [[sequences[index] for index in order[start : start + batch_size]] for start in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _learning_rate_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOptions, data_description: dict) -> dict:
+    """Train, evaluate and write one bundle; return the evaluation metrics."""
+    seed_everything(options.seed)
+    id_table = load_id_table(options.ids, split.num_items)
+    config = E4SRecConfig(
+        num_items=split.num_items,
+        id_dim=id_table.shape[1],
+        hidden_size=backbone.hidden_size,
+        max_history_length=options.max_history_length,
+        instruction=options.instruction,
+        response=options.response,
+        instruction_ids=backbone.encode_text(options.instruction),
+        response_ids=backbone.encode_text(options.response),
+        head=options.head,
+        lora=options.lora,
+    )
+    adapter_name = f"{options.name}--training"
+    module = E4SRec(backbone, config, adapter_name=adapter_name)
+    with torch.no_grad():
+        module.id_embeddings.weight.copy_(id_table)
+    module.to(backbone.device)
+    attach_adapter(backbone, adapter_name, options.lora, trainable=True)
+
+    trainable = [parameter for parameter in module.parameters() if parameter.requires_grad]
+    trainable += [parameter for name, parameter in backbone.peft_model.named_parameters() if parameter.requires_grad]
+    trainable_count = sum(parameter.numel() for parameter in trainable)
+    optimizer = torch.optim.AdamW(trainable, lr=options.learning_rate, weight_decay=options.weight_decay)
+
+    sequences = [sequence for sequence in split.train if len(sequence) >= 2]
+    if options.max_train_users is not None:
+        sequences = random.Random(options.seed).sample(sequences, min(options.max_train_users, len(sequences)))
+    steps_per_epoch = math.ceil(len(sequences) / options.batch_size)
+    total_steps = max(1, int(options.epochs * steps_per_epoch))
+    logger.info(
+        "training bundle %s: %d sequences, %d steps (%.2f epochs), %d trainable parameters",
+        options.name, len(sequences), total_steps, options.epochs, trainable_count,
+    )
+
+    state = TrainingState()
+    if options.checkpoint_dir is not None:
+        restored = load_checkpoint(options.checkpoint_dir, module, backbone, adapter_name, optimizer)
+        if restored is not None:
+            state = restored
+            logger.info("resumed bundle %s from step %d (%.0f s trained)", options.name, state.step, state.elapsed_s)
+
+    module.train()
+    autocast = torch.autocast(device_type=backbone.device.type, dtype=torch.bfloat16, enabled=options.autocast_bf16)
+    session_started = time.monotonic()
+    last_checkpoint = session_started
+    progress = tqdm(total=total_steps, initial=state.step, desc=f"train {options.name}", unit="step", disable=not options.progress)
+    while state.step < total_steps:
+        epoch, position = divmod(state.step, steps_per_epoch)
+        batches = length_bucketed_batches(sequences, options.batch_size, seed=options.seed * 1000 + epoch)
+        batch = batches[position]
+
+        for group in optimizer.param_groups:
+            group["lr"] = options.learning_rate * _learning_rate_factor(state.step, options.warmup_steps, total_steps)
+        with autocast:
+            loss, targets = module.training_loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+
+        state.step += 1
+        state.targets += targets
+        state.losses.append(round(loss.item(), 5))
+        elapsed = state.elapsed_s + time.monotonic() - session_started
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss.item():.3f}", epoch=f"{state.step / steps_per_epoch:.2f}")
+
+        out_of_time = options.max_minutes is not None and elapsed > options.max_minutes * 60
+        due = time.monotonic() - last_checkpoint > options.checkpoint_every_s
+        if options.checkpoint_dir is not None and (due or out_of_time or state.step == total_steps):
+            save_checkpoint(options.checkpoint_dir, module, backbone, adapter_name, optimizer, state, elapsed)
+            last_checkpoint = time.monotonic()
+        if out_of_time:
+            logger.info("stopping bundle %s at the time budget of %.1f minutes (step %d)", options.name, options.max_minutes, state.step)
+            break
+    progress.close()
+    training_time = state.elapsed_s + time.monotonic() - session_started
+
+    module.eval()
+    cases = split.cases(options.eval_split)
+    if options.eval_users is not None and options.eval_users < len(cases):
+        cases = random.Random(0).sample(cases, options.eval_users)
+    with autocast:
+        metrics = evaluate_full_ranking(
+            module.score_histories, cases, batch_size=options.eval_batch_size,
+            progress=options.progress, description=f"evaluate {options.name} ({options.eval_split})",
+        )
+    logger.info("bundle %s %s metrics:\n%s", options.name, options.eval_split, format_metrics_table({options.name: metrics}))
+
+    training = {
+        "data": data_description,
+        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "id_embeddings": str(options.ids),
+        "steps": state.step,
+        "epochs": round(state.step / steps_per_epoch, 3),
+        "training_targets": state.targets,
+        "train_users": len(sequences),
+        "batch_size": options.batch_size,
+        "learning_rate": options.learning_rate,
+        "autocast_bf16": options.autocast_bf16,
+        "trainable_parameters": trainable_count,
+        "training_time_s": round(training_time, 1),
+        "machine": machine_description(backbone.device),
+        "final_loss": state.losses[-1] if state.losses else None,
+    }
+    evaluation = {options.eval_split: metrics}
+    write_bundle(module, options.output, options.name, training=training, metrics=evaluation)
+    return metrics
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="sequences.txt, a folder containing it, or an interactions CSV")
+    parser.add_argument("--ids", required=True, help="folder or file from e4srec pretrain-ids (item_embeddings.safetensors)")
+    parser.add_argument("--name", required=True, help="bundle name (a-z, 0-9, '-', '_')")
+    parser.add_argument("--output", required=True, help="bundle folder to write, for example adapters/NAME")
+    parser.add_argument("--max-history-length", type=int, default=20, help="most recent items the model sees")
+    parser.add_argument("--instruction", default=DEFAULT_INSTRUCTION, help="prompt text before the history")
+    parser.add_argument("--response", default="", help="prompt text after the history (empty: score at the last item)")
+    parser.add_argument("--head", default=HEAD_TIED, choices=[HEAD_TIED, HEAD_LINEAR], help="tied: dot product with the ID table; linear: one output per item")
+    parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
+    parser.add_argument("--lora-alpha", type=int, default=16, help="LoRA scaling alpha")
+    parser.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout")
+    parser.add_argument("--lora-targets", default=",".join(DEFAULT_TARGET_MODULES), help="comma-separated module names that get LoRA")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (warm-up, then cosine decay to 10%%)")
+    parser.add_argument("--batch-size", type=int, default=32, help="user sequences per step")
+    parser.add_argument("--epochs", type=float, default=1.0, help="passes over the training sequences (fractions allowed)")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes (checkpointed)")
+    parser.add_argument("--max-train-users", type=int, default=None, help="train on a fixed random sample of this many users")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (use with --dtype bfloat16 for speed)")
+    parser.add_argument("--checkpoint-dir", default=None, help="save resumable checkpoints here; an existing checkpoint is resumed")
+    parser.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints")
+    parser.add_argument("--eval-split", default="test", choices=["valid", "test"], help="split for the final evaluation")
+    parser.add_argument("--eval-users", type=int, default=None, help="evaluate a fixed random sample of this many users (default: all)")
+    parser.add_argument("--eval-batch-size", type=int, default=64, help="histories per evaluation forward pass")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def train_from_args(args: argparse.Namespace) -> int:
+    data = read_interactions(args.data)
+    split = leave_one_out(data)
+    backbone = load_backbone(BackboneSettings(source=args.backbone, device=args.device, dtype=args.dtype))
+    options = TrainOptions(
+        name=args.name,
+        output=Path(args.output),
+        ids=Path(args.ids),
+        max_history_length=args.max_history_length,
+        instruction=args.instruction,
+        response=args.response,
+        head=args.head,
+        lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, target_modules=args.lora_targets.split(",")),
+        learning_rate=args.lr,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        max_minutes=args.max_minutes,
+        max_train_users=args.max_train_users,
+        autocast_bf16=args.bf16,
+        checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else None,
+        checkpoint_every_s=args.checkpoint_every,
+        eval_split=args.eval_split,
+        eval_users=args.eval_users,
+        eval_batch_size=args.eval_batch_size,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    description = {
+        "source": Path(data.source).name if Path(data.source).name != "sequences.txt" else f"{Path(data.source).parent.name}/sequences.txt",
+        "users": data.num_users,
+        "items": data.num_items,
+        "interactions": data.num_interactions,
+        "split": "leave-one-out",
+    }
+    train_bundle(backbone, split, options, description)
+    return 0

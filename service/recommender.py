@@ -1,0 +1,99 @@
+"""Turn one validated request into a ranked list with one forward pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from model.data import PADDING_ID
+from service.errors import FieldError
+from service.registry import BundleRegistry, ServedBundle
+from service.schemas import RecommendRequest, RecommendResponse, ScoredItem
+
+
+@dataclass
+class RankingPlan:
+    """A request checked against its bundle: what to feed and what to leave out."""
+
+    served: ServedBundle
+    model_history: list[int]
+    excluded: set[int]
+    k: int
+    truncated: bool
+
+
+def _check_item_ids(values: list[int], field: str, served: ServedBundle) -> None:
+    limit = served.num_items
+    for index, item_id in enumerate(values):
+        if 1 <= item_id <= limit:
+            continue
+        if item_id == PADDING_ID:
+            reason = "is the padding ID"
+        elif item_id < 0:
+            reason = "is negative"
+        elif item_id >= 2**63:
+            reason = "is beyond the 64-bit integer range"
+        else:
+            reason = "is above the bundle's item count"
+        raise FieldError(
+            [field, index],
+            f"{field} item {item_id} {reason}; valid item IDs for bundle {served.name}@{served.version} "
+            f"are 1..{limit}",
+            item_id,
+            "item_id_out_of_range",
+            {"min": 1, "max": limit},
+        )
+
+
+def plan_ranking(request: RecommendRequest, served: ServedBundle) -> RankingPlan:
+    _check_item_ids(request.history, "history", served)
+    _check_item_ids(request.exclude, "exclude", served)
+
+    excluded = set(request.exclude)
+    if request.exclude_seen:
+        excluded.update(request.history)
+    rankable = served.num_items - len(excluded)
+    if request.k > rankable:
+        raise FieldError(
+            ["k"],
+            f"k={request.k} exceeds the {rankable} rankable items of bundle {served.name}@{served.version} "
+            f"({served.num_items} items minus {len(excluded)} excluded); use k between 1 and {rankable}",
+            request.k,
+            "k_above_rankable_items",
+            {"min": 1, "max": rankable},
+        )
+
+    model_history = served.module.truncate(request.history)
+    return RankingPlan(
+        served=served,
+        model_history=model_history,
+        excluded=excluded,
+        k=request.k,
+        truncated=len(model_history) < len(request.history),
+    )
+
+
+def top_k(scores: torch.Tensor, excluded: set[int], k: int) -> tuple[list[int], list[float]]:
+    """Best ``k`` item IDs of one score row, never the padding ID or an excluded item."""
+    scores = scores.clone()
+    scores[PADDING_ID] = float("-inf")
+    if excluded:
+        scores[torch.tensor(sorted(excluded), dtype=torch.long)] = float("-inf")
+    values, indices = torch.topk(scores, k)
+    return indices.tolist(), values.tolist()
+
+
+def recommend(request: RecommendRequest, registry: BundleRegistry) -> RecommendResponse:
+    served = registry.get(request.bundle)
+    plan = plan_ranking(request, served)
+    scores = registry.score(served, [plan.model_history])[0]
+    item_ids, values = top_k(scores, plan.excluded, plan.k)
+    return RecommendResponse(
+        bundle=served.name,
+        version=served.version,
+        items=[ScoredItem(item_id=item_id, score=score) for item_id, score in zip(item_ids, values)],
+        history_length=len(request.history),
+        used_history_length=len(plan.model_history),
+        truncated=plan.truncated,
+    )

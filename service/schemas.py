@@ -1,0 +1,65 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bundle: str = Field(..., min_length=1, max_length=64, description="name of an installed bundle", examples=["beauty"])
+    history: list[StrictInt] = Field(
+        ...,
+        min_length=1,
+        description=(
+            "item IDs the user interacted with, oldest first; only the most recent "
+            "max_history_length items of the bundle are fed to the model"
+        ),
+        examples=[[1, 2, 3, 4]],
+    )
+    k: StrictInt = Field(10, ge=1, description="number of items to return, at most the number of rankable items")
+    exclude_seen: StrictBool = Field(True, description="leave out every item of the history, including truncated ones")
+    exclude: list[StrictInt] = Field(default_factory=list, description="item IDs to leave out of the ranking")
+
+
+class ScoredItem(BaseModel):
+    item_id: int
+    score: float
+
+
+class RecommendResponse(BaseModel):
+    bundle: str
+    version: str
+    items: list[ScoredItem] = Field(..., description="k distinct items, best first")
+    history_length: int = Field(..., description="items in the request's history")
+    used_history_length: int = Field(..., description="items fed to the model after truncation")
+    truncated: bool = Field(..., description="true when older history items were dropped to fit the bundle's maximum")
+
+
+class AdapterSummary(BaseModel):
+    name: str
+    version: str
+    num_items: int
+    id_dim: int
+    max_history_length: int
+    head: str
+    lora_r: int
+    backbone: dict
+    metrics: dict
+    created_at: str
+
+
+class AdapterList(BaseModel):
+    adapters: list[AdapterSummary]
+
+
+class HealthStatus(BaseModel):
+    status: str
+
+
+class ReadyStatus(BaseModel):
+    status: str
+    backbone: str | None = None
+    bundles: int = 0
+    detail: str | None = None

@@ -1,0 +1,28 @@
+"""Service settings, read from ``E4SREC_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model.backbone import EMBEDDED_DEFAULT, default_cache_dir
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="E4SREC_", env_file=".env", extra="ignore")
+
+    backbone: str = Field(EMBEDDED_DEFAULT, description="'smollm2', a Hugging Face model folder, or a .gguf file")
+    device: str = Field("cpu", description="torch device for the backbone: cpu or cuda")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="backbone weight dtype")
+    cache_dir: Path = Field(default_factory=default_cache_dir, description="folder for converted backbones")
+    adapters_dir: Path = Field(Path("adapters"), description="bundle repository: one folder per bundle")
+    max_request_history: int = Field(
+        10_000, ge=1, description="longest history accepted in a request, in items; longer requests get 422"
+    )
+    max_request_exclude: int = Field(
+        100_000, ge=0, description="most item IDs accepted in a request's exclude list"
+    )
+    torch_threads: int | None = Field(None, ge=1, description="intra-op threads for torch (default: torch's choice)")
