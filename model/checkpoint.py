@@ -51,7 +51,9 @@ def save_checkpoint(
     staging.mkdir(exist_ok=True)
     save_file(module.bundle_tensors(), str(staging / MODULE_FILE))
     save_file(adapter_state_dict(backbone, adapter_name), str(staging / LORA_FILE))
-    torch.save(optimizer.state_dict(), staging / OPTIMIZER_FILE)
+    # The RNG state makes LoRA dropout after a resume draw the same masks as
+    # an uninterrupted run would.
+    torch.save({"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}, staging / OPTIMIZER_FILE)
     saved = TrainingState(step=state.step, targets=state.targets, elapsed_s=elapsed_s, losses=state.losses)
     (staging / STATE_FILE).write_text(json.dumps(asdict(saved)))
 
@@ -76,6 +78,8 @@ def load_checkpoint(
     module.load_bundle_tensors(load_file(str(folder / MODULE_FILE)))
     set_peft_model_state_dict(backbone.peft_model, load_file(str(folder / LORA_FILE)), adapter_name=adapter_name)
     # weights_only=True restricts unpickling to tensors and plain containers.
-    optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, weights_only=True))
+    saved = torch.load(folder / OPTIMIZER_FILE, weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["rng"])
     values = json.loads((folder / STATE_FILE).read_text())
     return TrainingState(**values)
