@@ -64,7 +64,7 @@ class Manifest:
         return values
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Manifest":
+    def from_dict(cls, values: dict) -> Manifest:
         values = dict(values)
         values["model"] = E4SRecConfig.from_dict(values["model"])
         return cls(**values)

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 from model.backbone import Backbone
 from model.data import PADDING_ID
@@ -45,7 +46,7 @@ class E4SRecConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "E4SRecConfig":
+    def from_dict(cls, values: dict) -> E4SRecConfig:
         values = dict(values)
         values["lora"] = LoraSettings(**values.get("lora", {}))
         return cls(**values)
@@ -96,8 +97,9 @@ class E4SRec(nn.Module):
             raise ValueError(f"head {config.head!r} is not supported; use {HEAD_TIED!r} or {HEAD_LINEAR!r}")
         self.register_buffer("instruction_ids", torch.tensor(config.instruction_ids, dtype=torch.long), persistent=False)
         self.register_buffer("response_ids", torch.tensor(config.response_ids, dtype=torch.long), persistent=False)
+        self._prefix_key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
-    def train(self, mode: bool = True) -> "E4SRec":
+    def train(self, mode: bool = True) -> E4SRec:
         # The LoRA layers live in the shared backbone, outside this module's
         # children, so their dropout follows this module's mode explicitly.
         super().train(mode)
@@ -117,22 +119,31 @@ class E4SRec(nn.Module):
         """Keep the most recent ``max_history_length`` items."""
         return list(history[-self.config.max_history_length :])
 
-    def build_inputs(self, histories: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return left-padded ``inputs_embeds``, ``attention_mask`` and ``position_ids``."""
+    def build_inputs(
+        self, histories: list[list[int]], include_instruction: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return left-padded ``inputs_embeds``, ``attention_mask`` and ``position_ids``.
+
+        Without the instruction, the rows hold only items and response tokens,
+        to follow a cached instruction prefix: the mask and positions then
+        cover the prefix too, as if the prefix were part of every row.
+        """
         backbone = self.backbone
         device = backbone.device
         instruction = backbone.input_embeddings(self.instruction_ids)
         response = backbone.input_embeddings(self.response_ids)
+        prefix_length = instruction.shape[0]
+        head = instruction if include_instruction else instruction[:0]
         longest = max(len(history) for history in histories)
-        total = instruction.shape[0] + longest + response.shape[0]
+        total = head.shape[0] + longest + response.shape[0]
 
         rows, masks = [], []
         for history in histories:
             items = torch.as_tensor(history, dtype=torch.long, device=device)
             projected = self.projector(self.id_embeddings(items)).to(instruction.dtype)
-            pad = total - instruction.shape[0] - len(history) - response.shape[0]
+            pad = total - head.shape[0] - len(history) - response.shape[0]
             padding = instruction.new_zeros(pad, instruction.shape[1])
-            rows.append(torch.cat([padding, instruction, projected, response]))
+            rows.append(torch.cat([padding, head, projected, response]))
             mask = torch.ones(total, dtype=torch.long, device=device)
             mask[:pad] = 0
             masks.append(mask)
@@ -143,8 +154,11 @@ class E4SRec(nn.Module):
         # come from the mask so a row's real tokens get positions 0, 1, ... no
         # matter how much padding precedes them, which makes its scores
         # independent of what else is in the batch.
+        if not include_instruction:
+            prefix_mask = attention_mask.new_ones(len(histories), prefix_length)
+            attention_mask = torch.cat([prefix_mask, attention_mask], dim=1)
         position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-        return inputs_embeds, attention_mask, position_ids
+        return inputs_embeds, attention_mask, position_ids[:, -total:]
 
     def hidden_states(self, histories: list[list[int]]) -> torch.Tensor:
         if not histories or any(len(history) == 0 for history in histories):
@@ -159,6 +173,48 @@ class E4SRec(nn.Module):
         )
         return output.last_hidden_state
 
+    @property
+    def prefix_length(self) -> int:
+        return self.instruction_ids.numel()
+
+    def prefix_cached(self) -> bool:
+        return self._prefix_key_values is not None
+
+    def _prefix_cache(self, batch_size: int) -> DynamicCache:
+        """A key/value cache of the instruction tokens, repeated for ``batch_size`` rows.
+
+        The instruction is the same for every request of a bundle, but its keys
+        and values depend on the bundle's LoRA weights, so the cache belongs to
+        the module (one bundle version) and is computed on first use.
+        """
+        if self._prefix_key_values is None:
+            instruction = self.backbone.input_embeddings(self.instruction_ids).unsqueeze(0)
+            positions = torch.arange(self.prefix_length, device=self.backbone.device).unsqueeze(0)
+            output = self.backbone.decoder(inputs_embeds=instruction, position_ids=positions, use_cache=True)
+            self._prefix_key_values = [(layer.keys, layer.values) for layer in output.past_key_values.layers]
+        expanded = [
+            (keys.expand(batch_size, -1, -1, -1), values.expand(batch_size, -1, -1, -1))
+            for keys, values in self._prefix_key_values
+        ]
+        return DynamicCache(ddp_cache_data=expanded)
+
+    def hidden_states_with_prefix_cache(self, histories: list[list[int]]) -> torch.Tensor:
+        """Last-layer states of the items and response only, reusing the cached instruction prefix."""
+        if not histories or any(len(history) == 0 for history in histories):
+            raise ValueError("every history needs at least one item")
+        if self.prefix_length == 0:
+            return self.hidden_states(histories)
+        activate_adapter(self.backbone, self.adapter_name)
+        inputs_embeds, attention_mask, position_ids = self.build_inputs(histories, include_instruction=False)
+        output = self.backbone.decoder(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=self._prefix_cache(len(histories)),
+            use_cache=True,
+        )
+        return output.last_hidden_state
+
     def score_states(self, states: torch.Tensor) -> torch.Tensor:
         """Map backbone states of shape (..., hidden) to float32 item scores (..., num_items + 1)."""
         states = states.float()
@@ -166,10 +222,18 @@ class E4SRec(nn.Module):
             return self.head(states, self.id_embeddings.weight.float())
         return self.head(states)
 
-    def score_histories(self, histories: list[list[int]]) -> torch.Tensor:
-        """Score every item ID for each history (truncated to the maximum length)."""
+    def score_histories(self, histories: list[list[int]], use_prefix_cache: bool = False) -> torch.Tensor:
+        """Score every item ID for each history (truncated to the maximum length).
+
+        ``use_prefix_cache`` reuses the instruction's keys and values across
+        calls; it is for inference only, since the cache is not differentiated.
+        """
         truncated = [self.truncate(history) for history in histories]
-        return self.score_states(self.hidden_states(truncated)[:, -1])
+        if use_prefix_cache:
+            states = self.hidden_states_with_prefix_cache(truncated)
+        else:
+            states = self.hidden_states(truncated)
+        return self.score_states(states[:, -1])
 
     def training_loss(self, sequences: list[list[int]]) -> tuple[torch.Tensor, int]:
         """Softmax cross-entropy over all items, supervising every position at once.
@@ -188,7 +252,7 @@ class E4SRec(nn.Module):
         response_length = self.response_ids.numel()
         total = states.shape[1]
         gathered, labels = [], []
-        for row, (history, target) in enumerate(zip(inputs, targets)):
+        for row, (history, target) in enumerate(zip(inputs, targets, strict=True)):
             end = total - response_length
             gathered.append(states[row, end - len(history) : end])
             labels.extend(target)

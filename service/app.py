@@ -9,11 +9,14 @@ from contextlib import asynccontextmanager
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from model.backbone import BackboneSettings, load_backbone
+from service.batcher import MicroBatcher, QueueFullError
 from service.errors import FieldError, ServiceNotReadyError, install_error_handlers
-from service.recommender import recommend
+from service.metrics import ServiceMetrics
+from service.ranking import plan_ranking
 from service.registry import BundleRegistry
 from service.schemas import (
     AdapterList,
@@ -22,22 +25,23 @@ from service.schemas import (
     ReadyStatus,
     RecommendRequest,
     RecommendResponse,
+    ScoredItem,
 )
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
-def _start(app: FastAPI, settings: Settings) -> None:
+def _load_registry(settings: Settings, metrics: ServiceMetrics) -> BundleRegistry:
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
     backbone = load_backbone(
         BackboneSettings(source=settings.backbone, device=settings.device, dtype=settings.dtype, cache_dir=settings.cache_dir)
     )
-    registry = BundleRegistry(backbone, settings.adapters_dir)
+    registry = BundleRegistry(backbone, settings.adapters_dir, metrics, prefix_cache=settings.prefix_cache)
     loaded = registry.load_all()
-    app.state.registry = registry
     logger.info("service ready: backbone %s, bundles %s", backbone.name, ", ".join(loaded) or "none")
+    return registry
 
 
 def get_registry(request: Request) -> BundleRegistry:
@@ -45,6 +49,13 @@ def get_registry(request: Request) -> BundleRegistry:
     if registry is None:
         raise ServiceNotReadyError("the service is still loading the backbone and bundles; retry shortly")
     return registry
+
+
+def get_batcher(request: Request) -> MicroBatcher:
+    batcher = getattr(request.app.state, "batcher", None)
+    if batcher is None:
+        raise ServiceNotReadyError("the service is still loading the backbone and bundles; retry shortly")
+    return batcher
 
 
 def get_settings(request: Request) -> Settings:
@@ -71,16 +82,31 @@ def _check_request_size(body: RecommendRequest, settings: Settings) -> None:
         )
 
 
+async def _queue_full(request: Request, error: QueueFullError) -> JSONResponse:
+    return JSONResponse(status_code=503, content={"detail": str(error)}, headers={"Retry-After": str(error.retry_after_s)})
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    metrics = ServiceMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         started = time.monotonic()
-        await run_in_threadpool(_start, app, settings)
+        registry = await run_in_threadpool(_load_registry, settings, metrics)
+        batcher = MicroBatcher(
+            registry, metrics,
+            max_batch_size=settings.max_batch_size,
+            max_wait_s=settings.max_wait_ms / 1000.0,
+            max_queue=settings.max_queue,
+        )
+        batcher.start()
+        app.state.registry = registry
+        app.state.batcher = batcher
         logger.info("startup took %.1f s", time.monotonic() - started)
         yield
         logger.info("service stopping")
+        await batcher.stop()
 
     app = FastAPI(
         title="E4SRec recommendation service",
@@ -89,22 +115,50 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = metrics
     app.state.registry = None
+    app.state.batcher = None
     install_error_handlers(app)
+    app.add_exception_handler(QueueFullError, _queue_full)
+
+    @app.middleware("http")
+    async def record_request(request: Request, call_next):
+        started = time.monotonic()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = route.path if route is not None else "unmatched"
+        metrics.http_requests.labels(route=template, method=request.method, status=str(response.status_code)).inc()
+        metrics.http_request_duration.labels(route=template, method=request.method).observe(time.monotonic() - started)
+        return response
 
     @app.post(
         "/recommend",
         response_model=RecommendResponse,
-        responses={404: {"description": "bundle not installed"}, 422: {"description": "invalid field"}},
+        responses={
+            404: {"description": "bundle not installed"},
+            422: {"description": "invalid field"},
+            503: {"description": "queue full or still loading; see Retry-After"},
+        },
     )
-    def post_recommend(
+    async def post_recommend(
         body: RecommendRequest,
         registry: BundleRegistry = Depends(get_registry),
+        batcher: MicroBatcher = Depends(get_batcher),
         settings: Settings = Depends(get_settings),
     ) -> RecommendResponse:
         """Rank every item of the bundle's catalogue for one history and return the top k."""
         _check_request_size(body, settings)
-        return recommend(body, registry)
+        served = registry.get(body.bundle)
+        plan = plan_ranking(body, served)
+        ranked = await batcher.submit(plan)
+        return RecommendResponse(
+            bundle=served.name,
+            version=served.version,
+            items=[ScoredItem(item_id=item, score=score) for item, score in zip(ranked.item_ids, ranked.scores, strict=True)],
+            history_length=len(body.history),
+            used_history_length=len(plan.model_history),
+            truncated=plan.truncated,
+        )
 
     @app.get("/adapters", response_model=AdapterList)
     def get_adapters(registry: BundleRegistry = Depends(get_registry)) -> AdapterList:
@@ -127,6 +181,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 )
             )
         return AdapterList(adapters=summaries)
+
+    @app.get("/metrics", response_class=Response)
+    def get_metrics() -> Response:
+        """Prometheus metrics in the text exposition format."""
+        batcher = app.state.batcher
+        if batcher is not None:
+            metrics.queue_depth.set(batcher.depth)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", response_model=HealthStatus)
     def healthz() -> HealthStatus:

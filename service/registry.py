@@ -14,6 +14,8 @@ from model.backbone import Backbone
 from model.bundle import MANIFEST_FILE, Bundle, BundleError, instantiate, read_bundle
 from model.e4srec import E4SRec
 from service.errors import BundleNotFoundError
+from service.metrics import ServiceMetrics
+from service.ranking import RankedItems, RankingPlan, top_k
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +46,11 @@ class BundleRegistry:
     one at a time under ``forward_lock``.
     """
 
-    def __init__(self, backbone: Backbone, adapters_dir: Path):
+    def __init__(self, backbone: Backbone, adapters_dir: Path, metrics: ServiceMetrics, prefix_cache: bool = True):
         self.backbone = backbone
         self.adapters_dir = Path(adapters_dir)
+        self.metrics = metrics
+        self.prefix_cache = prefix_cache
         self.forward_lock = threading.Lock()
         self._bundles: dict[str, ServedBundle] = {}
 
@@ -80,6 +84,8 @@ class BundleRegistry:
             self._dry_run(module, bundle)
         served = ServedBundle(bundle=bundle, module=module, loaded_at=time.time())
         self._bundles[served.name] = served
+        self.metrics.bundle_loads.labels(bundle=served.name).inc()
+        self.metrics.resident_bundles.set(len(self._bundles))
         logger.info(
             "loaded bundle %s@%s (%d items, max history %d) in %.2f s",
             served.name, served.version, served.num_items, bundle.manifest.model.max_history_length,
@@ -88,8 +94,10 @@ class BundleRegistry:
         return served
 
     def _dry_run(self, module: E4SRec, bundle: Bundle) -> None:
+        # The dry run also serves as the bundle's warm-up, and fills its
+        # prefix cache, so the first request does not pay for either.
         with torch.inference_mode():
-            scores = module.score_histories([[1]])
+            scores = module.score_histories([[1]], use_prefix_cache=self.prefix_cache)
         if scores.shape != (1, bundle.manifest.model.num_items + 1) or not torch.isfinite(scores).all():
             raise BundleError(f"bundle {bundle.manifest.name}@{bundle.manifest.version} failed the dry-run forward pass")
 
@@ -102,6 +110,12 @@ class BundleRegistry:
     def list(self) -> list[ServedBundle]:
         return [self._bundles[name] for name in sorted(self._bundles)]
 
-    def score(self, served: ServedBundle, histories: list[list[int]]) -> torch.Tensor:
+    def rank_batch(self, served: ServedBundle, plans: list[RankingPlan]) -> list[RankedItems]:
+        """Run one forward pass for ``plans`` (all for ``served``) and rank each row."""
+        histories = [plan.model_history for plan in plans]
         with self.forward_lock, torch.inference_mode():
-            return served.module.score_histories(histories).float()
+            if self.prefix_cache:
+                counter = self.metrics.prefix_cache_hits if served.module.prefix_cached() else self.metrics.prefix_cache_misses
+                counter.inc()
+            scores = served.module.score_histories(histories, use_prefix_cache=self.prefix_cache).float()
+            return [top_k(row, plan.excluded, plan.k) for row, plan in zip(scores, plans, strict=True)]

@@ -25,4 +25,8 @@ class Settings(BaseSettings):
     max_request_exclude: int = Field(
         100_000, ge=0, description="most item IDs accepted in a request's exclude list"
     )
+    max_batch_size: int = Field(16, ge=1, description="most requests per forward pass")
+    max_wait_ms: float = Field(5.0, ge=0, description="longest a request waits for others to join its batch, in ms")
+    max_queue: int = Field(256, ge=1, description="most requests waiting; beyond it requests get 503 with Retry-After")
+    prefix_cache: bool = Field(True, description="reuse the instruction prefix's keys and values across requests")
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads for torch (default: torch's choice)")

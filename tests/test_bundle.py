@@ -5,6 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from model.backbone import BackboneSettings, load_backbone
 from model.bundle import (
     LORA_WEIGHTS_FILE,
     MANIFEST_FILE,
@@ -15,7 +16,6 @@ from model.bundle import (
     read_manifest,
     write_bundle,
 )
-from model.backbone import BackboneSettings, load_backbone
 
 
 def _copy(trained_bundle_dir, tmp_path):

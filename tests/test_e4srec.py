@@ -102,3 +102,18 @@ def test_hidden_size_mismatch_is_rejected(tiny_backbone):
 
     with pytest.raises(ValueError, match="hidden size"):
         E4SRec(tiny_backbone, config, adapter_name="bad--size")
+
+
+@pytest.mark.parametrize("response", ["", "answer:"])
+def test_prefix_cache_matches_uncached_scores(tiny_backbone, response):
+    module = _module(tiny_backbone, response=response)
+    histories = [[3, 4], list(range(1, 15)), [7]]
+
+    with torch.inference_mode():
+        plain = module.score_histories(histories)
+        cached_first = module.score_histories(histories, use_prefix_cache=True)
+        cached_again = module.score_histories(histories[::-1], use_prefix_cache=True)
+
+    assert module.prefix_cached()
+    torch.testing.assert_close(cached_first, plain, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cached_again, plain.flip(0), atol=1e-4, rtol=1e-4)

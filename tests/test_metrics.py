@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from model.evaluate import evaluate_full_ranking, mask_seen_items
 from model.data import EvalCase
+from model.evaluate import evaluate_full_ranking, mask_seen_items
 from model.metrics import ranking_metrics, target_ranks
 
 

@@ -1,7 +1,6 @@
 import torch
 
 from model.bundle import instantiate, read_bundle, read_manifest
-from model.data import leave_one_out, read_interactions
 from model.evaluate import evaluate_full_ranking
 from model.train import TrainOptions, length_bucketed_batches, train_bundle
 from tests.conftest import NUM_SYNTHETIC_ITEMS

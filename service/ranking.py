@@ -1,15 +1,18 @@
-"""Turn one validated request into a ranked list with one forward pass."""
+"""Check a request against its bundle, and pick the top k of a score row."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from model.data import PADDING_ID
 from service.errors import FieldError
-from service.registry import BundleRegistry, ServedBundle
-from service.schemas import RecommendRequest, RecommendResponse, ScoredItem
+from service.schemas import RecommendRequest
+
+if TYPE_CHECKING:
+    from service.registry import ServedBundle
 
 
 @dataclass
@@ -21,6 +24,12 @@ class RankingPlan:
     excluded: set[int]
     k: int
     truncated: bool
+
+
+@dataclass
+class RankedItems:
+    item_ids: list[int]
+    scores: list[float]
 
 
 def _check_item_ids(values: list[int], field: str, served: ServedBundle) -> None:
@@ -74,26 +83,11 @@ def plan_ranking(request: RecommendRequest, served: ServedBundle) -> RankingPlan
     )
 
 
-def top_k(scores: torch.Tensor, excluded: set[int], k: int) -> tuple[list[int], list[float]]:
+def top_k(scores: torch.Tensor, excluded: set[int], k: int) -> RankedItems:
     """Best ``k`` item IDs of one score row, never the padding ID or an excluded item."""
     scores = scores.clone()
     scores[PADDING_ID] = float("-inf")
     if excluded:
         scores[torch.tensor(sorted(excluded), dtype=torch.long)] = float("-inf")
     values, indices = torch.topk(scores, k)
-    return indices.tolist(), values.tolist()
-
-
-def recommend(request: RecommendRequest, registry: BundleRegistry) -> RecommendResponse:
-    served = registry.get(request.bundle)
-    plan = plan_ranking(request, served)
-    scores = registry.score(served, [plan.model_history])[0]
-    item_ids, values = top_k(scores, plan.excluded, plan.k)
-    return RecommendResponse(
-        bundle=served.name,
-        version=served.version,
-        items=[ScoredItem(item_id=item_id, score=score) for item_id, score in zip(item_ids, values)],
-        history_length=len(request.history),
-        used_history_length=len(plan.model_history),
-        truncated=plan.truncated,
-    )
+    return RankedItems(item_ids=indices.tolist(), scores=values.tolist())
