@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from model.backbone import Backbone
 from model.e4srec import HEAD_LINEAR, HEAD_TIED, E4SRec, E4SRecConfig
-from model.lora import LoraSettings, adapter_state_dict, attach_adapter
+from model.lora import LoraSettings, adapter_state_dict, attach_adapter, remove_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,12 @@ class Bundle:
     def adapter_name(self) -> str:
         # peft stores adapters in ModuleDicts, whose keys must not contain dots.
         return f"{self.manifest.name}--{self.manifest.version}"
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all bundle tensors in memory, as read (float32 for bundles written here)."""
+        tensors = [*self.module_tensors.values(), *self.lora_tensors.values()]
+        return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
 
 def validate_bundle_name(name: str) -> None:
@@ -276,20 +282,27 @@ def read_bundle(folder: Path, expected_fingerprint: str | None = None) -> Bundle
     return Bundle(manifest=manifest, module_tensors=module_tensors, lora_tensors=lora_tensors, path=folder)
 
 
-def instantiate(backbone: Backbone, bundle: Bundle) -> E4SRec:
-    """Attach ``bundle`` to ``backbone`` and return its ready-to-serve module."""
+def instantiate(backbone: Backbone, bundle: Bundle, adapter_name: str | None = None) -> E4SRec:
+    """Attach ``bundle`` to ``backbone`` and return its ready-to-serve module.
+
+    ``adapter_name`` defaults to ``name--version``; a registry that may hold the
+    same version twice (a reload while the old copy finishes its requests)
+    passes a unique one. On failure nothing stays attached.
+    """
+    adapter_name = adapter_name or bundle.adapter_name
     if bundle.manifest.model.hidden_size != backbone.hidden_size:
         raise BundleError(
             f"bundle {bundle.manifest.name}@{bundle.manifest.version} has hidden size "
             f"{bundle.manifest.model.hidden_size}, backbone {backbone.name} has {backbone.hidden_size}"
         )
-    module = E4SRec(backbone, bundle.manifest.model, adapter_name=bundle.adapter_name)
+    module = E4SRec(backbone, bundle.manifest.model, adapter_name=adapter_name)
     module.load_bundle_tensors(bundle.module_tensors)
     module.to(backbone.device)
     module.requires_grad_(False)
     module.eval()
     try:
-        attach_adapter(backbone, bundle.adapter_name, bundle.manifest.model.lora, bundle.lora_tensors)
-    except (ValueError, RuntimeError) as error:
+        attach_adapter(backbone, adapter_name, bundle.manifest.model.lora, bundle.lora_tensors)
+    except (ValueError, RuntimeError, KeyError) as error:
+        remove_adapter(backbone, adapter_name)
         raise BundleError(f"bundle {bundle.manifest.name}@{bundle.manifest.version}: LoRA weights do not fit the backbone: {error}") from None
     return module

@@ -114,6 +114,18 @@ def cmd_bundle_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bundle_pack(args: argparse.Namespace) -> int:
+    from model.bundle import read_bundle
+    from service.uploads import pack_bundle
+
+    folder = Path(args.bundle)
+    bundle = read_bundle(folder)
+    output = Path(args.output) if args.output else Path(f"{bundle.manifest.name}-{bundle.manifest.version}.tar.gz")
+    pack_bundle(folder, output)
+    print(f"packed bundle {bundle.manifest.name}@{bundle.manifest.version} into {output} ({output.stat().st_size} bytes)")
+    return 0
+
+
 def cmd_prepare_backbone(args: argparse.Namespace) -> int:
     from model.backbone import BackboneSettings, load_backbone
 
@@ -190,14 +202,26 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = bundle_commands.add_parser("inspect", help="print a bundle's manifest")
     inspect.add_argument("bundle", help="bundle folder")
     inspect.set_defaults(handler=cmd_bundle_inspect)
+    pack = bundle_commands.add_parser("pack", help="make an upload archive (tar.gz) from a bundle folder")
+    pack.add_argument("bundle", help="bundle folder")
+    pack.add_argument("-o", "--output", default=None, help="archive path (default: NAME-VERSION.tar.gz)")
+    pack.set_defaults(handler=cmd_bundle_pack)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from model.backbone import BackboneError
+    from model.bundle import BundleError
+    from model.data import DataFormatError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.log_level)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except (BackboneError, BundleError, DataFormatError, FileNotFoundError) as error:
+        print(f"e4srec {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

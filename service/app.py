@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -13,12 +15,15 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from model.backbone import BackboneSettings, load_backbone
+from service.admin import router as admin_router
 from service.batcher import MicroBatcher, QueueFullError
-from service.errors import FieldError, ServiceNotReadyError, install_error_handlers
+from service.dependencies import get_batcher, get_registry, get_settings
+from service.errors import FieldError, install_error_handlers
 from service.metrics import ServiceMetrics
 from service.ranking import plan_ranking
 from service.registry import BundleRegistry
 from service.schemas import (
+    AdapterDetail,
     AdapterList,
     AdapterSummary,
     HealthStatus,
@@ -38,28 +43,18 @@ def _load_registry(settings: Settings, metrics: ServiceMetrics) -> BundleRegistr
     backbone = load_backbone(
         BackboneSettings(source=settings.backbone, device=settings.device, dtype=settings.dtype, cache_dir=settings.cache_dir)
     )
-    registry = BundleRegistry(backbone, settings.adapters_dir, metrics, prefix_cache=settings.prefix_cache)
-    loaded = registry.load_all()
+    registry = BundleRegistry(
+        backbone,
+        settings.adapters_dir,
+        metrics,
+        prefix_cache=settings.prefix_cache,
+        max_resident=settings.max_resident_bundles,
+        max_resident_bytes=settings.max_resident_bytes,
+        pinned=settings.pinned,
+    )
+    loaded = registry.scan()
     logger.info("service ready: backbone %s, bundles %s", backbone.name, ", ".join(loaded) or "none")
     return registry
-
-
-def get_registry(request: Request) -> BundleRegistry:
-    registry = getattr(request.app.state, "registry", None)
-    if registry is None:
-        raise ServiceNotReadyError("the service is still loading the backbone and bundles; retry shortly")
-    return registry
-
-
-def get_batcher(request: Request) -> MicroBatcher:
-    batcher = getattr(request.app.state, "batcher", None)
-    if batcher is None:
-        raise ServiceNotReadyError("the service is still loading the backbone and bundles; retry shortly")
-    return batcher
-
-
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
 
 
 def _check_request_size(body: RecommendRequest, settings: Settings) -> None:
@@ -118,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.registry = None
     app.state.batcher = None
+    app.state.install_locks = collections.defaultdict(asyncio.Lock)
     install_error_handlers(app)
     app.add_exception_handler(QueueFullError, _queue_full)
 
@@ -148,9 +144,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> RecommendResponse:
         """Rank every item of the bundle's catalogue for one history and return the top k."""
         _check_request_size(body, settings)
-        served = registry.get(body.bundle)
-        plan = plan_ranking(body, served)
-        ranked = await batcher.submit(plan)
+        if registry.is_resident(body.bundle):
+            served = registry.acquire(body.bundle)
+        else:
+            # Loading an evicted bundle reads files and runs a forward pass.
+            served = await run_in_threadpool(registry.acquire, body.bundle)
+        try:
+            plan = plan_ranking(body, served)
+            ranked = await batcher.submit(plan)
+        finally:
+            registry.release(served)
         return RecommendResponse(
             bundle=served.name,
             version=served.version,
@@ -162,13 +165,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/adapters", response_model=AdapterList)
     def get_adapters(registry: BundleRegistry = Depends(get_registry)) -> AdapterList:
-        """List loaded bundles with the key fields of their manifests."""
+        """List installed bundles with the key fields of their manifests and their load state."""
+        resident = {served.name: served for served in registry.resident()}
         summaries = []
-        for served in registry.list():
-            manifest = served.bundle.manifest
+        for name in registry.installed_names():
+            manifest = registry.installed(name).manifest
             summaries.append(
                 AdapterSummary(
                     name=manifest.name,
+                    resident=name in resident,
+                    pinned=name in registry.pinned,
                     version=manifest.version,
                     num_items=manifest.model.num_items,
                     id_dim=manifest.model.id_dim,
@@ -181,6 +187,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 )
             )
         return AdapterList(adapters=summaries)
+
+    @app.get("/adapters/{name}", response_model=AdapterDetail, responses={404: {"description": "not installed"}})
+    def get_adapter(name: str, registry: BundleRegistry = Depends(get_registry)) -> AdapterDetail:
+        """One installed bundle: its whole manifest and load state."""
+        installed = registry.installed(name)
+        served = next((served for served in registry.resident() if served.name == name), None)
+        return AdapterDetail.describe(installed, served)
+
+    app.include_router(admin_router)
 
     @app.get("/metrics", response_class=Response)
     def get_metrics() -> Response:
@@ -201,6 +216,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry: BundleRegistry | None = request.app.state.registry
         if registry is None:
             return JSONResponse(status_code=503, content=ReadyStatus(status="loading", detail="backbone and bundles are loading").model_dump())
-        return ReadyStatus(status="ready", backbone=registry.backbone.name, bundles=len(registry.list()))
+        return ReadyStatus(status="ready", backbone=registry.backbone.name, bundles=len(registry.installed_names()))
 
     return app

@@ -56,6 +56,10 @@ class ServiceMetrics:
             "e4srec_prefix_cache_misses", "Forward passes that had to compute the instruction prefix.",
             registry=self.registry,
         )
+        self.bundle_uploads = Counter(
+            "e4srec_bundle_uploads", "Bundle uploads by result (installed, rejected) and rejection reason.",
+            ["result", "reason"], registry=self.registry,
+        )
         self.rejected_requests = Counter(
             "e4srec_rejected_requests", "Requests rejected before a forward pass, by reason.",
             ["reason"], registry=self.registry,

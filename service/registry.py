@@ -1,18 +1,33 @@
-"""The bundle registry: bundles resident on the one loaded backbone."""
+"""The bundle registry: installed bundles, and the ones resident on the backbone.
+
+Every bundle folder in the repository is *installed*. A bounded set of them is
+*resident*: attached to the backbone as a LoRA adapter, with its module in
+memory. A request for an installed but evicted bundle loads it again, and the
+least recently used unpinned bundle makes room.
+
+A request keeps a reference to the exact ``ServedBundle`` it was planned on,
+so a replacement or eviction never changes the version that answers it. A
+retired bundle leaves the backbone only when its last request has finished.
+"""
 
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
+import os
+import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from model.backbone import Backbone
-from model.bundle import MANIFEST_FILE, Bundle, BundleError, instantiate, read_bundle
+from model.bundle import MANIFEST_FILE, Bundle, BundleError, Manifest, instantiate, read_bundle, read_manifest
 from model.e4srec import E4SRec
+from model.lora import remove_adapter
 from service.errors import BundleNotFoundError
 from service.metrics import ServiceMetrics
 from service.ranking import RankedItems, RankingPlan, top_k
@@ -20,11 +35,15 @@ from service.ranking import RankedItems, RankingPlan, top_k
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)
 class ServedBundle:
     bundle: Bundle
     module: E4SRec
     loaded_at: float
+    pinned: bool = False
+    in_flight: int = 0
+    retired: bool = False
+    last_used: float = field(default_factory=time.monotonic)
 
     @property
     def name(self) -> str:
@@ -38,77 +57,312 @@ class ServedBundle:
     def num_items(self) -> int:
         return self.bundle.manifest.model.num_items
 
+    @property
+    def nbytes(self) -> int:
+        return self.bundle.nbytes
+
+
+@dataclass
+class InstalledBundle:
+    manifest: Manifest
+    path: Path
+
+
+class CapacityError(RuntimeError):
+    """Raised when a bundle cannot become resident without evicting a pinned or busy one."""
+
 
 class BundleRegistry:
-    """Loads bundles from the repository folder and runs their forward passes.
+    """Installs, loads, evicts and serves bundles on one shared backbone.
 
-    The backbone's active LoRA adapter is global state, so forward passes run
-    one at a time under ``forward_lock``.
+    The backbone's active LoRA adapter is global state, so forward passes and
+    adapter changes run one at a time under ``forward_lock``. Registry state
+    changes run under ``_lock``.
     """
 
-    def __init__(self, backbone: Backbone, adapters_dir: Path, metrics: ServiceMetrics, prefix_cache: bool = True):
+    def __init__(
+        self,
+        backbone: Backbone,
+        adapters_dir: Path,
+        metrics: ServiceMetrics,
+        prefix_cache: bool = True,
+        max_resident: int = 8,
+        max_resident_bytes: int | None = None,
+        pinned: tuple[str, ...] = (),
+    ):
         self.backbone = backbone
         self.adapters_dir = Path(adapters_dir)
         self.metrics = metrics
         self.prefix_cache = prefix_cache
+        self.max_resident = max_resident
+        self.max_resident_bytes = max_resident_bytes
+        self.pinned = set(pinned)
         self.forward_lock = threading.Lock()
-        self._bundles: dict[str, ServedBundle] = {}
+        self._lock = threading.RLock()
+        self._installed: dict[str, InstalledBundle] = {}
+        self._resident: collections.OrderedDict[str, ServedBundle] = collections.OrderedDict()
+        self._load_locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
+        self._load_sequence = itertools.count(1)
 
-    def load_all(self) -> list[str]:
-        """Load every bundle folder under the repository; skip and log invalid ones."""
+    # Start-up
+
+    def scan(self) -> list[str]:
+        """Register every valid bundle folder and load as many as the capacity allows.
+
+        Leftover staging and retired folders from an interrupted upload are
+        removed first: they start with a dot and were never visible.
+        """
         if not self.adapters_dir.is_dir():
-            logger.warning("bundle repository %s does not exist; no bundles loaded", self.adapters_dir)
+            logger.warning("bundle repository %s does not exist; no bundles installed", self.adapters_dir)
             return []
-        loaded = []
+        for leftover in self.adapters_dir.glob(".*"):
+            if leftover.is_dir() and leftover.name.startswith((".staging-", ".retired-", ".upload-")):
+                shutil.rmtree(leftover, ignore_errors=True)
+                logger.info("removed leftover %s from an interrupted install", leftover.name)
+            elif leftover.is_file() and leftover.name.startswith(".upload-"):
+                leftover.unlink(missing_ok=True)
         for folder in sorted(self.adapters_dir.iterdir()):
             if folder.name.startswith(".") or not (folder / MANIFEST_FILE).is_file():
                 continue
             try:
-                served = self.load(folder)
+                manifest = read_manifest(folder)
+                if manifest.name != folder.name:
+                    raise BundleError(f"folder {folder.name!r} holds a manifest named {manifest.name!r}; they must be equal")
             except BundleError as error:
                 logger.error("skipped bundle folder %s: %s", folder, error)
                 continue
-            loaded.append(served.name)
+            self._installed[manifest.name] = InstalledBundle(manifest=manifest, path=folder)
+
+        loaded = []
+        ordered = sorted(self._installed, key=lambda name: (name not in self.pinned, name))
+        for name in ordered:
+            if len(self._resident) >= self.max_resident:
+                break
+            try:
+                self._load(name)
+            except (BundleError, CapacityError) as error:
+                logger.error("bundle %s was not loaded: %s", name, error)
+                self._installed.pop(name, None)
+                continue
+            loaded.append(name)
         return loaded
 
-    def load(self, folder: Path) -> ServedBundle:
+    # Lookup
+
+    def installed_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._installed)
+
+    def installed(self, name: str) -> InstalledBundle:
+        with self._lock:
+            entry = self._installed.get(name)
+            if entry is None:
+                raise BundleNotFoundError(name, sorted(self._installed))
+            return entry
+
+    def resident(self) -> list[ServedBundle]:
+        with self._lock:
+            return list(self._resident.values())
+
+    def is_resident(self, name: str) -> bool:
+        with self._lock:
+            return name in self._resident
+
+    def acquire(self, name: str) -> ServedBundle:
+        """Return the serving version of ``name``, loading it if evicted; pair with ``release``."""
+        with self._lock:
+            if name not in self._installed:
+                raise BundleNotFoundError(name, sorted(self._installed))
+            served = self._resident.get(name)
+            if served is not None:
+                self._resident.move_to_end(name)
+                served.in_flight += 1
+                served.last_used = time.monotonic()
+                return served
+
+        # Loading runs outside the registry lock so other bundles keep serving;
+        # the per-name lock makes concurrent requests wait for one load.
+        with self._load_locks[name]:
+            with self._lock:
+                served = self._resident.get(name)
+                if served is None:
+                    if name not in self._installed:
+                        raise BundleNotFoundError(name, sorted(self._installed))
+            if served is None:
+                served = self._load(name)
+            with self._lock:
+                served.in_flight += 1
+                served.last_used = time.monotonic()
+                return served
+
+    def release(self, served: ServedBundle) -> None:
+        with self._lock:
+            served.in_flight -= 1
+            detach = served.retired and served.in_flight == 0
+        if detach:
+            self._detach(served)
+
+    # Loading and eviction
+
+    def _load(self, name: str) -> ServedBundle:
         started = time.monotonic()
-        bundle = read_bundle(folder, expected_fingerprint=self.backbone.fingerprint)
-        if bundle.manifest.name != folder.name:
-            raise BundleError(
-                f"bundle folder {folder.name!r} holds a manifest named {bundle.manifest.name!r}; "
-                "the folder name must equal the bundle name"
-            )
-        with self.forward_lock:
-            module = instantiate(self.backbone, bundle)
-            self._dry_run(module, bundle)
-        served = ServedBundle(bundle=bundle, module=module, loaded_at=time.time())
-        self._bundles[served.name] = served
-        self.metrics.bundle_loads.labels(bundle=served.name).inc()
-        self.metrics.resident_bundles.set(len(self._bundles))
+        entry = self._installed[name]
+        bundle = read_bundle(entry.path, expected_fingerprint=self.backbone.fingerprint)
+        served = self._attach(bundle)
+        with self._lock:
+            if self._installed.get(name) is not entry:
+                # The bundle was replaced or deleted while this copy loaded.
+                self._retire(served)
+                current = self._resident.get(name)
+                if current is not None:
+                    return current
+                if name not in self._installed:
+                    raise BundleNotFoundError(name, sorted(self._installed))
+                return self._load(name)
+            self._make_room(served.nbytes)
+            self._resident[name] = served
+            self._update_gauges()
+        self.metrics.bundle_loads.labels(bundle=name).inc()
         logger.info(
-            "loaded bundle %s@%s (%d items, max history %d) in %.2f s",
-            served.name, served.version, served.num_items, bundle.manifest.model.max_history_length,
-            time.monotonic() - started,
+            "loaded bundle %s@%s (%d items, %.1f MB) in %.2f s",
+            name, served.version, served.num_items, served.nbytes / 1e6, time.monotonic() - started,
         )
         return served
 
+    def _attach(self, bundle: Bundle) -> ServedBundle:
+        """Attach ``bundle`` to the backbone and dry-run it; detach again on failure."""
+        adapter_name = f"{bundle.adapter_name}--{next(self._load_sequence)}"
+        with self.forward_lock:
+            module = instantiate(self.backbone, bundle, adapter_name=adapter_name)
+            try:
+                self._dry_run(module, bundle)
+            except BaseException:
+                remove_adapter(self.backbone, adapter_name)
+                raise
+        return ServedBundle(bundle=bundle, module=module, loaded_at=time.time(), pinned=bundle.manifest.name in self.pinned)
+
     def _dry_run(self, module: E4SRec, bundle: Bundle) -> None:
-        # The dry run also serves as the bundle's warm-up, and fills its
-        # prefix cache, so the first request does not pay for either.
+        # The dry run also warms the bundle up and fills its prefix cache, so
+        # the first request pays for neither.
         with torch.inference_mode():
             scores = module.score_histories([[1]], use_prefix_cache=self.prefix_cache)
-        if scores.shape != (1, bundle.manifest.model.num_items + 1) or not torch.isfinite(scores).all():
-            raise BundleError(f"bundle {bundle.manifest.name}@{bundle.manifest.version} failed the dry-run forward pass")
+        expected = (1, bundle.manifest.model.num_items + 1)
+        if tuple(scores.shape) != expected or not torch.isfinite(scores).all():
+            raise BundleError(
+                f"bundle {bundle.manifest.name}@{bundle.manifest.version} failed the dry-run forward pass: "
+                f"scores of shape {tuple(scores.shape)} (expected {expected}), finite: {bool(torch.isfinite(scores).all())}"
+            )
 
-    def get(self, name: str) -> ServedBundle:
-        served = self._bundles.get(name)
-        if served is None:
-            raise BundleNotFoundError(name, sorted(self._bundles))
+    def _make_room(self, incoming_bytes: int) -> None:
+        """Evict least recently used unpinned bundles until ``incoming_bytes`` fits (caller holds ``_lock``)."""
+
+        def over_capacity() -> bool:
+            count_full = len(self._resident) + 1 > self.max_resident
+            used = sum(served.nbytes for served in self._resident.values())
+            bytes_full = self.max_resident_bytes is not None and used + incoming_bytes > self.max_resident_bytes
+            return count_full or bytes_full
+
+        while over_capacity():
+            victim = next((name for name, served in self._resident.items() if not served.pinned), None)
+            if victim is None:
+                raise CapacityError(
+                    f"no room for another bundle: {len(self._resident)} resident, all pinned; "
+                    "raise E4SREC_MAX_RESIDENT_BUNDLES or E4SREC_MAX_RESIDENT_BYTES, or unpin a bundle"
+                )
+            served = self._resident.pop(victim)
+            self._retire(served)
+            self.metrics.bundle_evictions.labels(bundle=victim).inc()
+            logger.info("evicted bundle %s@%s from memory (least recently used)", victim, served.version)
+
+    def _retire(self, served: ServedBundle) -> None:
+        """Take ``served`` out of service; it leaves the backbone after its last request (caller holds ``_lock``)."""
+        served.retired = True
+        if served.in_flight == 0:
+            # Detaching takes the forward lock, which a running forward pass
+            # holds; a helper thread keeps the caller from waiting for it.
+            threading.Thread(target=self._detach, args=(served,), daemon=True).start()
+
+    def _detach(self, served: ServedBundle) -> None:
+        with self.forward_lock:
+            remove_adapter(self.backbone, served.module.adapter_name)
+        logger.debug("detached adapter %s", served.module.adapter_name)
+
+    def _update_gauges(self) -> None:
+        self.metrics.resident_bundles.set(len(self._resident))
+
+    # Installation
+
+    def install(self, staging: Path, name: str) -> ServedBundle:
+        """Validate the bundle folder ``staging`` and make it the serving version of ``name``.
+
+        ``staging`` must be inside the repository folder (same file system), so
+        that the final rename is atomic. On any error nothing changes: the
+        previous version keeps serving and stays on disk.
+        """
+        bundle = read_bundle(staging, expected_fingerprint=self.backbone.fingerprint)
+        if bundle.manifest.name != name:
+            raise BundleError(
+                f"the archive's manifest names bundle {bundle.manifest.name!r}, but it was uploaded as {name!r}; "
+                "upload it under its own name or rewrite the manifest with e4srec"
+            )
+        served = self._attach(bundle)
+        target = self.adapters_dir / name
+        with self._lock:
+            previous = self._resident.pop(name, None)
+            retired_folder = None
+            try:
+                if target.exists():
+                    retired_folder = self.adapters_dir / f".retired-{name}-{time.time_ns()}"
+                    os.replace(target, retired_folder)
+                os.replace(staging, target)
+            except OSError:
+                if retired_folder is not None and not target.exists():
+                    os.replace(retired_folder, target)
+                if previous is not None:
+                    self._resident[name] = previous
+                self._retire(served)
+                raise
+            bundle.path = target
+            self._installed[name] = InstalledBundle(manifest=bundle.manifest, path=target)
+            try:
+                self._make_room(served.nbytes)
+            except CapacityError:
+                # The new version is installed on disk; it loads on its first request.
+                self._retire(served)
+                if previous is not None:
+                    self._retire(previous)
+                self._update_gauges()
+                raise
+            self._resident[name] = served
+            if previous is not None:
+                self._retire(previous)
+            self._update_gauges()
+        if retired_folder is not None:
+            shutil.rmtree(retired_folder, ignore_errors=True)
+        self.metrics.bundle_loads.labels(bundle=name).inc()
+        if previous is not None:
+            logger.info("swapped bundle %s: %s -> %s", name, previous.version, served.version)
+        else:
+            logger.info("installed bundle %s@%s", name, served.version)
         return served
 
-    def list(self) -> list[ServedBundle]:
-        return [self._bundles[name] for name in sorted(self._bundles)]
+    def delete(self, name: str) -> InstalledBundle:
+        """Uninstall ``name``: it stops serving now and its folder is removed."""
+        with self._lock:
+            entry = self._installed.pop(name, None)
+            if entry is None:
+                raise BundleNotFoundError(name, sorted(self._installed))
+            served = self._resident.pop(name, None)
+            if served is not None:
+                self._retire(served)
+            retired_folder = self.adapters_dir / f".retired-{name}-{time.time_ns()}"
+            os.replace(entry.path, retired_folder)
+            self._update_gauges()
+        shutil.rmtree(retired_folder, ignore_errors=True)
+        logger.info("deleted bundle %s@%s", name, entry.manifest.version)
+        return entry
+
+    # Serving
 
     def rank_batch(self, served: ServedBundle, plans: list[RankingPlan]) -> list[RankedItems]:
         """Run one forward pass for ``plans`` (all for ``served``) and rank each row."""

@@ -39,6 +39,8 @@ class RecommendResponse(BaseModel):
 
 class AdapterSummary(BaseModel):
     name: str
+    resident: bool = Field(..., description="attached to the backbone now; an evicted bundle loads on its next request")
+    pinned: bool
     version: str
     num_items: int
     id_dim: int
@@ -63,3 +65,31 @@ class ReadyStatus(BaseModel):
     backbone: str | None = None
     bundles: int = 0
     detail: str | None = None
+
+
+class AdapterDetail(BaseModel):
+    name: str
+    version: str
+    resident: bool
+    pinned: bool
+    in_flight: int = Field(..., description="requests being answered by the resident version")
+    path: str
+    manifest: dict
+
+    @classmethod
+    def describe(cls, installed, served) -> AdapterDetail:
+        return cls(
+            name=installed.manifest.name,
+            version=installed.manifest.version,
+            resident=served is not None,
+            pinned=served.pinned if served is not None else False,
+            in_flight=served.in_flight if served is not None else 0,
+            path=str(installed.path),
+            manifest=installed.manifest.to_dict(),
+        )
+
+
+class DeletedAdapter(BaseModel):
+    name: str
+    version: str
+    deleted: bool

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.backbone import EMBEDDED_DEFAULT, default_cache_dir
@@ -29,4 +29,13 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0, description="longest a request waits for others to join its batch, in ms")
     max_queue: int = Field(256, ge=1, description="most requests waiting; beyond it requests get 503 with Retry-After")
     prefix_cache: bool = Field(True, description="reuse the instruction prefix's keys and values across requests")
+    admin_token: SecretStr | None = Field(None, description="bearer token for the admin routes; unset disables them")
+    max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1, description="largest bundle archive accepted, in bytes")
+    max_resident_bundles: int = Field(8, ge=1, description="most bundles attached to the backbone at once")
+    max_resident_bytes: int | None = Field(None, ge=1, description="most bytes of bundle tensors in memory")
+    pinned_bundles: str = Field("", description="comma-separated bundle names that are never evicted")
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads for torch (default: torch's choice)")
+
+    @property
+    def pinned(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.pinned_bundles.split(",") if name.strip())
