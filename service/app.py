@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_batch_size=settings.max_batch_size,
             max_wait_s=settings.max_wait_ms / 1000.0,
             max_queue=settings.max_queue,
+            mixed_batches=settings.mixed_batches,
         )
         batcher.start()
         app.state.registry = registry

@@ -48,12 +48,14 @@ class MicroBatcher:
         max_batch_size: int,
         max_wait_s: float,
         max_queue: int,
+        mixed_batches: bool = True,
     ):
         self.registry = registry
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
+        self.mixed_batches = mixed_batches
         self._queue: collections.deque[_Pending] = collections.deque()
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="e4srec-forward")
@@ -121,26 +123,30 @@ class MicroBatcher:
             for pending in batch:
                 self.metrics.queue_wait.observe(started - pending.enqueued)
 
-            # Requests for different bundles run as separate forward passes,
-            # each on one adapter; the groups keep arrival order.
             groups: dict[int, list[_Pending]] = {}
             for pending in batch:
                 groups.setdefault(id(pending.plan.served), []).append(pending)
+            if len(groups) > 1 and self.mixed_batches:
+                # Requests for different bundles share one forward pass, each
+                # row with its own adapter; the prefix cache does not apply.
+                await self._forward(loop, batch, "mixed", self.registry.rank_mixed, [pending.plan for pending in batch])
+                continue
             for group in groups.values():
                 served = group[0].plan.served
-                self.metrics.batch_size.observe(len(group))
-                forward_started = time.monotonic()
-                try:
-                    results = await loop.run_in_executor(
-                        self._executor, self.registry.rank_batch, served, [pending.plan for pending in group]
-                    )
-                except Exception as error:  # noqa: BLE001 - every waiting request must get an answer
-                    logger.exception("forward pass failed for bundle %s@%s", served.name, served.version)
-                    for pending in group:
-                        if not pending.future.done():
-                            pending.future.set_exception(error)
-                    continue
-                self.metrics.forward_duration.labels(bundle=served.name).observe(time.monotonic() - forward_started)
-                for pending, result in zip(group, results, strict=True):
-                    if not pending.future.done():
-                        pending.future.set_result(result)
+                await self._forward(loop, group, served.name, self.registry.rank_batch, served, [pending.plan for pending in group])
+
+    async def _forward(self, loop, group: list[_Pending], label: str, function, *arguments) -> None:
+        self.metrics.batch_size.observe(len(group))
+        started = time.monotonic()
+        try:
+            results = await loop.run_in_executor(self._executor, function, *arguments)
+        except Exception as error:  # noqa: BLE001 - every waiting request must get an answer
+            logger.exception("forward pass failed for %s (%d requests)", label, len(group))
+            for pending in group:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+            return
+        self.metrics.forward_duration.labels(bundle=label).observe(time.monotonic() - started)
+        for pending, result in zip(group, results, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(result)

@@ -28,6 +28,7 @@ from model.backbone import Backbone
 from model.bundle import MANIFEST_FILE, Bundle, BundleError, Manifest, instantiate, read_bundle, read_manifest
 from model.e4srec import E4SRec
 from model.lora import remove_adapter
+from model.mixed_batch import score_mixed_batch
 from service.errors import BundleNotFoundError
 from service.metrics import ServiceMetrics
 from service.ranking import RankedItems, RankingPlan, top_k
@@ -373,3 +374,10 @@ class BundleRegistry:
                 counter.inc()
             scores = served.module.score_histories(histories, use_prefix_cache=self.prefix_cache).float()
             return [top_k(row, plan.excluded, plan.k) for row, plan in zip(scores, plans, strict=True)]
+
+    def rank_mixed(self, plans: list[RankingPlan]) -> list[RankedItems]:
+        """Run one forward pass for plans of several bundles, each row with its own adapter."""
+        rows = [(plan.served.module, plan.model_history) for plan in plans]
+        with self.forward_lock, torch.inference_mode():
+            scores = score_mixed_batch(self.backbone, rows)
+            return [top_k(row.float(), plan.excluded, plan.k) for row, plan in zip(scores, plans, strict=True)]

@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(16, ge=1, description="most requests per forward pass")
     max_wait_ms: float = Field(5.0, ge=0, description="longest a request waits for others to join its batch, in ms")
     max_queue: int = Field(256, ge=1, description="most requests waiting; beyond it requests get 503 with Retry-After")
+    mixed_batches: bool = Field(True, description="serve requests for different bundles in one forward pass")
     prefix_cache: bool = Field(True, description="reuse the instruction prefix's keys and values across requests")
     admin_token: SecretStr | None = Field(None, description="bearer token for the admin routes; unset disables them")
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1, description="largest bundle archive accepted, in bytes")

@@ -101,3 +101,24 @@ def test_metrics_use_route_templates(tiny_server, route):
     text = httpx.get(f"{tiny_server.url}/metrics").text
 
     assert f'route="{route}"' in text
+
+
+def test_requests_for_two_bundles_share_mixed_batches(tiny_backbone_dir, trained_bundle_dir, tmp_path):
+    from tests.bundle_variants import make_variant
+
+    make_variant(trained_bundle_dir, tmp_path / "adapters" / "other", name="other",
+                 module_edit=lambda tensors: tensors.update({"head.item_bias": tensors["head.item_bias"].flip(0)}))
+    server = _start(tiny_backbone_dir, trained_bundle_dir, tmp_path, max_batch_size=16, max_wait_ms=50)
+    try:
+        bodies = [{"bundle": ("toy", "other")[i % 2], "history": [3 + i % 40, 4 + i % 40], "k": 5} for i in range(32)]
+        concurrent = asyncio.run(_burst(server.url, bodies))
+        alone = [httpx.post(f"{server.url}/recommend", json=body, timeout=30) for body in bodies[:6]]
+        metrics = httpx.get(f"{server.url}/metrics").text
+    finally:
+        server.stop()
+
+    assert [response.status_code for response in concurrent] == [200] * 32
+    for mixed, single in zip(concurrent[:6], alone, strict=True):
+        assert mixed.json()["bundle"] == single.json()["bundle"]
+        assert [item["item_id"] for item in mixed.json()["items"]] == [item["item_id"] for item in single.json()["items"]]
+    assert _metric(metrics, "e4srec_forward_duration_seconds_count", 'bundle="mixed"') >= 1

@@ -50,3 +50,23 @@ def test_bfloat16_ranks_like_float32(plain, tiny_backbone_dir, trained_bundle_di
 
     assert abs(reduced["hr_at_10"] - reference["hr_at_10"]) < 0.03
     assert len(set(top_plain) & set(top_bf16)) >= 8
+
+
+def test_mixed_batch_equals_per_bundle_scores(tiny_backbone_dir, trained_bundle_dir, tmp_path):
+    from model.bundle import instantiate, read_bundle
+    from model.mixed_batch import score_mixed_batch
+    from tests.bundle_variants import new_version
+
+    backbone = load_backbone(BackboneSettings(source=str(tiny_backbone_dir), cache_dir=tmp_path / "cache"))
+    other_dir = new_version(trained_bundle_dir, tmp_path / "other" / "toy", shift=2.0)
+    first = instantiate(backbone, read_bundle(trained_bundle_dir, backbone.fingerprint), adapter_name="first")
+    second = instantiate(backbone, read_bundle(other_dir, backbone.fingerprint), adapter_name="second")
+    rows = [(first, [1, 2, 3]), (second, [4, 5, 6, 7, 8, 9]), (first, [10]), (second, [3])]
+
+    with torch.inference_mode():
+        mixed = score_mixed_batch(backbone, rows)
+        alone = [module.score_histories([history])[0] for module, history in rows]
+
+    for got, expected in zip(mixed, alone, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(mixed[0], mixed[3])
