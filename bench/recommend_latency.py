@@ -24,12 +24,10 @@ from pathlib import Path
 import httpx
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from model.backbone import BackboneSettings, load_backbone  # noqa: E402
-from model.bundle import read_manifest  # noqa: E402
-from tests.server_process import RunningServer  # noqa: E402
+from common import REPO_ROOT
+from model.backbone import BackboneSettings, load_backbone
+from model.bundle import read_manifest
+from tests.server_process import RunningServer
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -107,6 +107,8 @@ async def put_adapter(name: str, request: Request, registry: BundleRegistry = De
         shutil.rmtree(staging, ignore_errors=True)
 
     request.app.state.metrics.bundle_uploads.labels(result="installed", reason="").inc()
+    if request.app.state.bundle_events is not None:
+        await request.app.state.bundle_events.publish("installed", name, served.version)
     return AdapterDetail.describe(registry.installed(name), served)
 
 
@@ -120,4 +122,6 @@ async def delete_adapter(name: str, request: Request, registry: BundleRegistry =
     """Uninstall a bundle: it stops serving now and its folder is removed."""
     async with request.app.state.install_locks[name]:
         entry = await run_in_threadpool(registry.delete, name)
+    if request.app.state.bundle_events is not None:
+        await request.app.state.bundle_events.publish("deleted", name, entry.manifest.version)
     return DeletedAdapter(name=name, version=entry.manifest.version, deleted=True)

@@ -9,7 +9,7 @@ import time
 from contextlib import asynccontextmanager
 
 import torch
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -17,11 +17,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from model.backbone import BackboneSettings, load_backbone
 from service.admin import router as admin_router
 from service.batcher import MicroBatcher, QueueFullError
+from service.bundle_events import BundleEvents
 from service.dependencies import get_batcher, get_registry, get_settings
 from service.errors import FieldError, install_error_handlers
+from service.histories import InMemoryHistories, RedisHistories
 from service.metrics import ServiceMetrics
 from service.ranking import plan_ranking
+from service.redis_connection import StateUnavailableError, connect, safe_url
 from service.registry import BundleRegistry
+from service.response_cache import InMemoryResponseCache, RedisResponseCache, cache_key
 from service.schemas import (
     AdapterDetail,
     AdapterList,
@@ -33,6 +37,7 @@ from service.schemas import (
     ScoredItem,
 )
 from service.settings import Settings
+from service.users import router as users_router
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +63,7 @@ def _load_registry(settings: Settings, metrics: ServiceMetrics) -> BundleRegistr
 
 
 def _check_request_size(body: RecommendRequest, settings: Settings) -> None:
-    if len(body.history) > settings.max_request_history:
+    if body.history is not None and len(body.history) > settings.max_request_history:
         raise FieldError(
             ["history"],
             f"history has {len(body.history)} items, above the limit of {settings.max_request_history}; "
@@ -81,6 +86,28 @@ async def _queue_full(request: Request, error: QueueFullError) -> JSONResponse:
     return JSONResponse(status_code=503, content={"detail": str(error)}, headers={"Retry-After": str(error.retry_after_s)})
 
 
+async def _state_unavailable(request: Request, error: StateUnavailableError) -> JSONResponse:
+    request.app.state.metrics.redis_errors.labels(operation="stored_state").inc()
+    return JSONResponse(status_code=503, content={"detail": str(error)}, headers={"Retry-After": "5"})
+
+
+def _attach_state(app: FastAPI, settings: Settings, metrics: ServiceMetrics, registry: BundleRegistry) -> None:
+    """Histories, response cache and bundle events: in Redis when configured, else in process."""
+    if settings.redis_url is None:
+        app.state.redis = None
+        app.state.histories = InMemoryHistories(settings.stored_history_length)
+        app.state.response_cache = InMemoryResponseCache(settings.response_cache_ttl_s, metrics)
+        app.state.bundle_events = None
+        return
+    client = connect(settings.redis_url, settings.redis_timeout_s)
+    app.state.redis = client
+    app.state.histories = RedisHistories(client, settings.stored_history_length)
+    app.state.response_cache = RedisResponseCache(client, settings.response_cache_ttl_s, metrics)
+    app.state.bundle_events = BundleEvents(client, registry, metrics)
+    app.state.bundle_events.start()
+    logger.info("shared state in Redis at %s", safe_url(settings.redis_url))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = ServiceMetrics()
@@ -97,11 +124,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             mixed_batches=settings.mixed_batches,
         )
         batcher.start()
+        _attach_state(app, settings, metrics, registry)
         app.state.registry = registry
         app.state.batcher = batcher
         logger.info("startup took %.1f s", time.monotonic() - started)
         yield
         logger.info("service stopping")
+        if app.state.bundle_events is not None:
+            await app.state.bundle_events.stop()
+        if app.state.redis is not None:
+            await app.state.redis.aclose()
         await batcher.stop()
 
     app = FastAPI(
@@ -117,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.install_locks = collections.defaultdict(asyncio.Lock)
     install_error_handlers(app)
     app.add_exception_handler(QueueFullError, _queue_full)
+    app.add_exception_handler(StateUnavailableError, _state_unavailable)
 
     @app.middleware("http")
     async def record_request(request: Request, call_next):
@@ -142,7 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry: BundleRegistry = Depends(get_registry),
         batcher: MicroBatcher = Depends(get_batcher),
         settings: Settings = Depends(get_settings),
-    ) -> RecommendResponse:
+    ) -> Response:
         """Rank every item of the bundle's catalogue for one history and return the top k."""
         _check_request_size(body, settings)
         if registry.is_resident(body.bundle):
@@ -151,18 +184,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Loading an evicted bundle reads files and runs a forward pass.
             served = await run_in_threadpool(registry.acquire, body.bundle)
         try:
-            plan = plan_ranking(body, served)
+            history = body.history
+            if history is None:
+                history = await app.state.histories.get(body.bundle, body.user_id)
+                if not history:
+                    raise HTTPException(
+                        status_code=404,
+                        detail=f"user {body.user_id!r} has no stored history for bundle {body.bundle!r}; "
+                        f"POST /users/{body.user_id}/events first, or send the history itself",
+                    )
+            plan = plan_ranking(body, served, history)
+
+            cache = app.state.response_cache if settings.response_cache_ttl_s > 0 else None
+            key = cache_key(served.name, served.version, history, body.k, body.exclude_seen, body.exclude)
+            if cache is not None:
+                cached = await cache.get(key)
+                if cached is not None:
+                    return Response(content=cached, media_type="application/json", headers={"X-Cache": "hit"})
+
             ranked = await batcher.submit(plan)
         finally:
             registry.release(served)
-        return RecommendResponse(
+        response = RecommendResponse(
             bundle=served.name,
             version=served.version,
             items=[ScoredItem(item_id=item, score=score) for item, score in zip(ranked.item_ids, ranked.scores, strict=True)],
-            history_length=len(body.history),
+            history_length=len(history),
             used_history_length=len(plan.model_history),
             truncated=plan.truncated,
         )
+        content = response.model_dump_json().encode()
+        if cache is not None:
+            await cache.set(key, content)
+        return Response(content=content, media_type="application/json", headers={"X-Cache": "miss" if cache else "off"})
 
     @app.get("/adapters", response_model=AdapterList)
     def get_adapters(registry: BundleRegistry = Depends(get_registry)) -> AdapterList:
@@ -197,6 +251,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return AdapterDetail.describe(installed, served)
 
     app.include_router(admin_router)
+    app.include_router(users_router)
 
     @app.get("/metrics", response_class=Response)
     def get_metrics() -> Response:

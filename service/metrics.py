@@ -60,6 +60,16 @@ class ServiceMetrics:
             "e4srec_bundle_uploads", "Bundle uploads by result (installed, rejected) and rejection reason.",
             ["result", "reason"], registry=self.registry,
         )
+        self.response_cache_hits = Counter(
+            "e4srec_response_cache_hits", "Recommendations answered from the response cache.", registry=self.registry,
+        )
+        self.response_cache_misses = Counter(
+            "e4srec_response_cache_misses", "Recommendations not found in the response cache.", registry=self.registry,
+        )
+        self.redis_errors = Counter(
+            "e4srec_redis_errors", "Failed Redis operations by operation; cache operations are then bypassed.",
+            ["operation"], registry=self.registry,
+        )
         self.rejected_requests = Counter(
             "e4srec_rejected_requests", "Requests rejected before a forward pass, by reason.",
             ["reason"], registry=self.registry,

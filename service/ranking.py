@@ -32,8 +32,8 @@ class RankedItems:
     scores: list[float]
 
 
-def _check_item_ids(values: list[int], field: str, served: ServedBundle) -> None:
-    limit = served.num_items
+def check_item_ids(values: list[int], field: str, bundle: str, limit: int) -> None:
+    """Raise ``FieldError`` for the first value outside 1..limit; ``bundle`` is ``name@version``."""
     for index, item_id in enumerate(values):
         if 1 <= item_id <= limit:
             continue
@@ -47,21 +47,22 @@ def _check_item_ids(values: list[int], field: str, served: ServedBundle) -> None
             reason = "is above the bundle's item count"
         raise FieldError(
             [field, index],
-            f"{field} item {item_id} {reason}; valid item IDs for bundle {served.name}@{served.version} "
-            f"are 1..{limit}",
+            f"{field} item {item_id} {reason}; valid item IDs for bundle {bundle} are 1..{limit}",
             item_id,
             "item_id_out_of_range",
             {"min": 1, "max": limit},
         )
 
 
-def plan_ranking(request: RecommendRequest, served: ServedBundle) -> RankingPlan:
-    _check_item_ids(request.history, "history", served)
-    _check_item_ids(request.exclude, "exclude", served)
+def plan_ranking(request: RecommendRequest, served: ServedBundle, history: list[int]) -> RankingPlan:
+    """Check ``history`` (the request's own or the user's stored one) and the other fields against ``served``."""
+    label = f"{served.name}@{served.version}"
+    check_item_ids(history, "history", label, served.num_items)
+    check_item_ids(request.exclude, "exclude", label, served.num_items)
 
     excluded = set(request.exclude)
     if request.exclude_seen:
-        excluded.update(request.history)
+        excluded.update(history)
     rankable = served.num_items - len(excluded)
     if request.k > rankable:
         raise FieldError(
@@ -73,13 +74,13 @@ def plan_ranking(request: RecommendRequest, served: ServedBundle) -> RankingPlan
             {"min": 1, "max": rankable},
         )
 
-    model_history = served.module.truncate(request.history)
+    model_history = served.module.truncate(history)
     return RankingPlan(
         served=served,
         model_history=model_history,
         excluded=excluded,
         k=request.k,
-        truncated=len(model_history) < len(request.history),
+        truncated=len(model_history) < len(history),
     )
 
 

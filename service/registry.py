@@ -363,6 +363,68 @@ class BundleRegistry:
         logger.info("deleted bundle %s@%s", name, entry.manifest.version)
         return entry
 
+    # Changes made by other replicas
+
+    def sync(self, name: str) -> str:
+        """Bring ``name`` in line with its folder on disk after another replica changed it.
+
+        Returns what happened: ``unchanged``, ``installed``, ``replaced``,
+        ``removed`` or ``rejected``. A resident bundle is swapped to the new
+        version right away; one that is not resident loads on its next request.
+        """
+        folder = self.adapters_dir / name
+        with self._load_locks[name]:
+            if not (folder / MANIFEST_FILE).is_file():
+                with self._lock:
+                    if self._installed.pop(name, None) is None:
+                        return "unchanged"
+                    served = self._resident.pop(name, None)
+                    if served is not None:
+                        self._retire(served)
+                    self._update_gauges()
+                logger.info("bundle %s was deleted by another replica; removed here", name)
+                return "removed"
+
+            try:
+                manifest = read_manifest(folder)
+            except BundleError as error:
+                logger.error("bundle %s changed on disk but is invalid: %s", name, error)
+                return "rejected"
+            with self._lock:
+                current = self._installed.get(name)
+                if current is not None and current.manifest.version == manifest.version:
+                    return "unchanged"
+                was_resident = name in self._resident
+            served = None
+            if was_resident:
+                try:
+                    served = self._attach(read_bundle(folder, expected_fingerprint=self.backbone.fingerprint))
+                except BundleError as error:
+                    logger.error("bundle %s@%s from another replica was rejected: %s", name, manifest.version, error)
+                    return "rejected"
+            with self._lock:
+                self._installed[name] = InstalledBundle(manifest=manifest, path=folder)
+                previous = self._resident.pop(name, None)
+                if previous is not None:
+                    self._retire(previous)
+                if served is not None:
+                    self._resident[name] = served
+                self._update_gauges()
+        if served is not None:
+            self.metrics.bundle_loads.labels(bundle=name).inc()
+        outcome = "replaced" if current is not None else "installed"
+        logger.info("bundle %s@%s %s after a change by another replica", name, manifest.version, outcome)
+        return outcome
+
+    def sync_all(self) -> None:
+        """Check every bundle folder and installed name against the disk."""
+        on_disk = {
+            folder.name for folder in self.adapters_dir.iterdir()
+            if not folder.name.startswith(".") and (folder / MANIFEST_FILE).is_file()
+        } if self.adapters_dir.is_dir() else set()
+        for name in sorted(on_disk | set(self.installed_names())):
+            self.sync(name)
+
     # Serving
 
     def rank_batch(self, served: ServedBundle, plans: list[RankingPlan]) -> list[RankedItems]:

@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+
+USER_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"
 
 
 class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     bundle: str = Field(..., min_length=1, max_length=64, description="name of an installed bundle", examples=["beauty"])
-    history: list[StrictInt] = Field(
-        ...,
+    history: list[StrictInt] | None = Field(
+        None,
         min_length=1,
         description=(
             "item IDs the user interacted with, oldest first; only the most recent "
-            "max_history_length items of the bundle are fed to the model"
+            "max_history_length items of the bundle are fed to the model. Send this or user_id"
         ),
         examples=[[1, 2, 3, 4]],
+    )
+    user_id: str | None = Field(
+        None, pattern=USER_ID_PATTERN, description="use this user's stored history (POST /users/{user_id}/events)"
     )
     k: StrictInt = Field(10, ge=1, description="number of items to return, at most the number of rankable items")
     exclude_seen: StrictBool = Field(True, description="leave out every item of the history, including truncated ones")
     exclude: list[StrictInt] = Field(default_factory=list, description="item IDs to leave out of the ranking")
+
+    @model_validator(mode="after")
+    def _history_or_user(self) -> RecommendRequest:
+        if (self.history is None) == (self.user_id is None):
+            raise ValueError("send exactly one of history (item IDs) or user_id (a user with stored events)")
+        return self
 
 
 class ScoredItem(BaseModel):
@@ -92,4 +103,23 @@ class AdapterDetail(BaseModel):
 class DeletedAdapter(BaseModel):
     name: str
     version: str
+    deleted: bool
+
+
+class EventsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bundle: str = Field(..., min_length=1, max_length=64, description="bundle whose item space the items belong to")
+    items: list[StrictInt] = Field(..., min_length=1, max_length=1000, description="item IDs, oldest first")
+
+
+class UserHistory(BaseModel):
+    user_id: str
+    bundle: str
+    history: list[int] = Field(..., description="stored item IDs, oldest first, at most E4SREC_STORED_HISTORY_LENGTH")
+
+
+class DeletedHistory(BaseModel):
+    user_id: str
+    bundle: str
     deleted: bool

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.backbone import EMBEDDED_DEFAULT, default_cache_dir
@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     max_resident_bundles: int = Field(8, ge=1, description="most bundles attached to the backbone at once")
     max_resident_bytes: int | None = Field(None, ge=1, description="most bytes of bundle tensors in memory")
     pinned_bundles: str = Field("", description="comma-separated bundle names that are never evicted")
+    redis_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("REDIS_URL", "E4SREC_REDIS_URL"),
+        description="redis://host:port/db for shared histories, response cache and bundle events; unset keeps them in process",
+    )
+    redis_timeout_s: float = Field(0.5, gt=0, description="timeout of each Redis operation and connection attempt, in seconds")
+    response_cache_ttl_s: float = Field(60.0, ge=0, description="lifetime of cached responses in seconds; 0 disables the cache")
+    stored_history_length: int = Field(200, ge=1, description="most recent items kept per stored user history")
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads for torch (default: torch's choice)")
 
     @property
