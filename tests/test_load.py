@@ -34,7 +34,8 @@ def _start(tiny_backbone_dir, trained_bundle_dir, tmp_path, **settings):
 
 
 def test_concurrent_requests_share_batches_and_match_sequential(tiny_backbone_dir, trained_bundle_dir, tmp_path):
-    server = _start(tiny_backbone_dir, trained_bundle_dir, tmp_path, max_batch_size=16, max_wait_ms=20)
+    # The response cache is off so that the repeated requests reach the model.
+    server = _start(tiny_backbone_dir, trained_bundle_dir, tmp_path, max_batch_size=16, max_wait_ms=20, response_cache_ttl_s=0)
     try:
         bodies = [{"bundle": "toy", "history": [1 + i % 90, 2 + i % 90, 3 + i % 50], "k": 5} for i in range(REQUESTS)]
         started = time.monotonic()
@@ -108,7 +109,7 @@ def test_requests_for_two_bundles_share_mixed_batches(tiny_backbone_dir, trained
 
     make_variant(trained_bundle_dir, tmp_path / "adapters" / "other", name="other",
                  module_edit=lambda tensors: tensors.update({"head.item_bias": tensors["head.item_bias"].flip(0)}))
-    server = _start(tiny_backbone_dir, trained_bundle_dir, tmp_path, max_batch_size=16, max_wait_ms=50)
+    server = _start(tiny_backbone_dir, trained_bundle_dir, tmp_path, max_batch_size=16, max_wait_ms=50, response_cache_ttl_s=0)
     try:
         bodies = [{"bundle": ("toy", "other")[i % 2], "history": [3 + i % 40, 4 + i % 40], "k": 5} for i in range(32)]
         concurrent = asyncio.run(_burst(server.url, bodies))
