@@ -35,6 +35,43 @@ class TrainingState:
     targets: int = 0
     elapsed_s: float = 0.0
     losses: list[float] = field(default_factory=list)
+    valid_curve: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class BestState:
+    """The weights with the best validation NDCG@10 so far, for early stopping."""
+
+    step: int
+    ndcg_at_10: float
+    module_tensors: dict[str, torch.Tensor]
+    lora_tensors: dict[str, torch.Tensor]
+
+    @classmethod
+    def capture(cls, module: E4SRec, backbone: Backbone, adapter_name: str, step: int, ndcg_at_10: float) -> BestState:
+        return cls(step, ndcg_at_10, module.bundle_tensors(), adapter_state_dict(backbone, adapter_name))
+
+    def restore(self, module: E4SRec, backbone: Backbone, adapter_name: str) -> None:
+        from peft import set_peft_model_state_dict
+
+        module.load_bundle_tensors(self.module_tensors)
+        set_peft_model_state_dict(backbone.peft_model, self.lora_tensors, adapter_name=adapter_name)
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(self.module_tensors, str(folder / "best_module.safetensors"))
+        save_file(self.lora_tensors, str(folder / "best_lora.safetensors"))
+        (folder / "best.json").write_text(json.dumps({"step": self.step, "ndcg_at_10": self.ndcg_at_10}))
+
+    @classmethod
+    def load(cls, folder: Path) -> BestState | None:
+        if not (folder / "best.json").exists():
+            return None
+        values = json.loads((folder / "best.json").read_text())
+        return cls(
+            values["step"], values["ndcg_at_10"],
+            load_file(str(folder / "best_module.safetensors")), load_file(str(folder / "best_lora.safetensors")),
+        )
 
 
 def save_checkpoint(
@@ -54,7 +91,9 @@ def save_checkpoint(
     # The RNG state makes LoRA dropout after a resume draw the same masks as
     # an uninterrupted run would.
     torch.save({"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}, staging / OPTIMIZER_FILE)
-    saved = TrainingState(step=state.step, targets=state.targets, elapsed_s=elapsed_s, losses=state.losses)
+    saved = TrainingState(
+        step=state.step, targets=state.targets, elapsed_s=elapsed_s, losses=state.losses, valid_curve=state.valid_curve
+    )
     (staging / STATE_FILE).write_text(json.dumps(asdict(saved)))
 
     # state.json is replaced last, so it never points at files of another step.

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from model.backbone import Backbone, BackboneSettings, load_backbone
 from model.bundle import write_bundle
-from model.checkpoint import TrainingState, load_checkpoint, save_checkpoint
+from model.checkpoint import BestState, TrainingState, load_checkpoint, save_checkpoint
 from model.data import LeaveOneOutSplit, leave_one_out, read_interactions
 from model.e4srec import DEFAULT_INSTRUCTION, HEAD_LINEAR, HEAD_TIED, E4SRec, E4SRecConfig
 from model.evaluate import evaluate_full_ranking
@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 class TrainOptions:
     name: str
     output: Path
-    ids: Path
+    ids: Path | None
     max_history_length: int = 20
     instruction: str = DEFAULT_INSTRUCTION
     response: str = ""
@@ -56,6 +56,12 @@ class TrainOptions:
     autocast_bf16: bool = False
     checkpoint_dir: Path | None = None
     checkpoint_every_s: float = 300.0
+    train_ids: bool = False
+    random_id_dim: int = 64
+    lr_schedule: str = "cosine"
+    eval_every: int | None = None
+    valid_users: int = 2000
+    patience: int = 3
     eval_split: str = "test"
     eval_users: int | None = None
     eval_batch_size: int = 64
@@ -91,11 +97,28 @@ def length_bucketed_batches(sequences: list[list[int]], batch_size: int, seed: i
     return batches
 
 
-def _learning_rate_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+def _learning_rate_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
     if step < warmup_steps:
         return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _index_of_step(curve: list[dict], step: int) -> int:
+    return next(index for index, point in enumerate(curve) if point["step"] == step)
+
+
+def _loss_curve(losses: list[float], points: int = 200) -> list[list[float]]:
+    """Mean training loss over up to ``points`` equal windows, as [step, loss] pairs."""
+    if not losses:
+        return []
+    window = max(1, math.ceil(len(losses) / points))
+    return [
+        [start + window, round(sum(losses[start : start + window]) / len(losses[start : start + window]), 4)]
+        for start in range(0, len(losses), window)
+    ]
 
 
 def machine_description(device: torch.device) -> str:
@@ -107,7 +130,11 @@ def machine_description(device: torch.device) -> str:
 def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOptions, data_description: dict) -> dict:
     """Train, evaluate and write one bundle; return the evaluation metrics."""
     seed_everything(options.seed)
-    id_table = load_id_table(options.ids, split.num_items)
+    if options.ids is None:
+        id_table = torch.randn(split.num_items + 1, options.random_id_dim) * 0.02
+        id_table[0] = 0.0
+    else:
+        id_table = load_id_table(options.ids, split.num_items)
     config = E4SRecConfig(
         num_items=split.num_items,
         id_dim=id_table.shape[1],
@@ -124,6 +151,7 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
     module = E4SRec(backbone, config, adapter_name=adapter_name)
     with torch.no_grad():
         module.id_embeddings.weight.copy_(id_table)
+    module.id_embeddings.weight.requires_grad_(options.train_ids)
     module.to(backbone.device)
     attach_adapter(backbone, adapter_name, options.lora, trainable=True)
 
@@ -143,11 +171,17 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
     )
 
     state = TrainingState()
+    best: BestState | None = None
     if options.checkpoint_dir is not None:
         restored = load_checkpoint(options.checkpoint_dir, module, backbone, adapter_name, optimizer)
         if restored is not None:
             state = restored
+            best = BestState.load(options.checkpoint_dir)
             logger.info("resumed bundle %s from step %d (%.0f s trained)", options.name, state.step, state.elapsed_s)
+
+    valid_cases = split.valid
+    if options.valid_users < len(valid_cases):
+        valid_cases = random.Random(1).sample(valid_cases, options.valid_users)
 
     module.train()
     autocast = torch.autocast(device_type=backbone.device.type, dtype=torch.bfloat16, enabled=options.autocast_bf16)
@@ -160,7 +194,8 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
         batch = batches[position]
 
         for group in optimizer.param_groups:
-            group["lr"] = options.learning_rate * _learning_rate_factor(state.step, options.warmup_steps, total_steps)
+            factor = _learning_rate_factor(state.step, options.warmup_steps, total_steps, options.lr_schedule)
+            group["lr"] = options.learning_rate * factor
         with autocast:
             loss, targets = module.training_loss(batch)
         optimizer.zero_grad(set_to_none=True)
@@ -175,6 +210,22 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
         progress.update(1)
         progress.set_postfix(loss=f"{loss.item():.3f}", epoch=f"{state.step / steps_per_epoch:.2f}")
 
+        stop_early = False
+        if options.eval_every is not None and state.step % options.eval_every == 0:
+            module.eval()
+            with autocast:
+                valid = evaluate_full_ranking(module.score_histories, valid_cases, batch_size=options.eval_batch_size, progress=False)
+            module.train()
+            state.valid_curve.append({"step": state.step, "hr_at_10": valid["hr_at_10"], "ndcg_at_10": valid["ndcg_at_10"]})
+            progress.write(f"step {state.step}: valid NDCG@10 {valid['ndcg_at_10']:.4f}, HR@10 {valid['hr_at_10']:.4f}")
+            if best is None or valid["ndcg_at_10"] > best.ndcg_at_10:
+                best = BestState.capture(module, backbone, adapter_name, state.step, valid["ndcg_at_10"])
+                if options.checkpoint_dir is not None:
+                    best.save(options.checkpoint_dir)
+            elif len(state.valid_curve) - 1 - _index_of_step(state.valid_curve, best.step) >= options.patience:
+                logger.info("early stop of bundle %s at step %d: no validation gain since step %d", options.name, state.step, best.step)
+                stop_early = True
+
         out_of_time = options.max_minutes is not None and elapsed > options.max_minutes * 60
         due = time.monotonic() - last_checkpoint > options.checkpoint_every_s
         if options.checkpoint_dir is not None and (due or out_of_time or state.step == total_steps):
@@ -183,8 +234,13 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
         if out_of_time:
             logger.info("stopping bundle %s at the time budget of %.1f minutes (step %d)", options.name, options.max_minutes, state.step)
             break
+        if stop_early:
+            break
     progress.close()
     training_time = state.elapsed_s + time.monotonic() - session_started
+    if best is not None:
+        best.restore(module, backbone, adapter_name)
+        logger.info("bundle %s keeps the weights of step %d (valid NDCG@10 %.4f)", options.name, best.step, best.ndcg_at_10)
 
     module.eval()
     cases = split.cases(options.eval_split)
@@ -200,7 +256,7 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
     training = {
         "data": data_description,
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "id_embeddings": str(options.ids),
+        "id_embeddings": str(options.ids) if options.ids is not None else "random",
         "steps": state.step,
         "epochs": round(state.step / steps_per_epoch, 3),
         "training_targets": state.targets,
@@ -212,6 +268,11 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
         "training_time_s": round(training_time, 1),
         "machine": machine_description(backbone.device),
         "final_loss": state.losses[-1] if state.losses else None,
+        "train_ids": options.train_ids,
+        "lr_schedule": options.lr_schedule,
+        "best_step": best.step if best is not None else None,
+        "valid_curve": state.valid_curve,
+        "loss_curve": _loss_curve(state.losses),
     }
     evaluation = {options.eval_split: metrics}
     write_bundle(module, options.output, options.name, training=training, metrics=evaluation)
@@ -220,7 +281,9 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="sequences.txt, a folder containing it, or an interactions CSV")
-    parser.add_argument("--ids", required=True, help="folder or file from e4srec pretrain-ids (item_embeddings.safetensors)")
+    parser.add_argument("--ids", required=True, help="folder or file from e4srec pretrain-ids (item_embeddings.safetensors), or 'random'")
+    parser.add_argument("--random-id-dim", type=int, default=64, help="id_dim of a random ID table (with --ids random)")
+    parser.add_argument("--train-ids", action="store_true", help="fine-tune the ID table instead of keeping it frozen")
     parser.add_argument("--name", required=True, help="bundle name (a-z, 0-9, '-', '_')")
     parser.add_argument("--output", required=True, help="bundle folder to write, for example adapters/NAME")
     parser.add_argument("--max-history-length", type=int, default=20, help="most recent items the model sees")
@@ -231,7 +294,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-alpha", type=int, default=16, help="LoRA scaling alpha")
     parser.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout")
     parser.add_argument("--lora-targets", default=",".join(DEFAULT_TARGET_MODULES), help="comma-separated module names that get LoRA")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (warm-up, then cosine decay to 10%%)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate, reached after the warm-up")
+    parser.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant"], help="after warm-up: cosine decay to 10%% of --lr, or constant")
+    parser.add_argument("--eval-every", type=int, default=None, help="evaluate on validation users every N steps and keep the best weights")
+    parser.add_argument("--valid-users", type=int, default=2000, help="validation users sampled for --eval-every")
+    parser.add_argument("--patience", type=int, default=3, help="evaluations without validation NDCG@10 gain before stopping early")
     parser.add_argument("--batch-size", type=int, default=32, help="user sequences per step")
     parser.add_argument("--epochs", type=float, default=1.0, help="passes over the training sequences (fractions allowed)")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes (checkpointed)")
@@ -253,7 +320,13 @@ def train_from_args(args: argparse.Namespace) -> int:
     options = TrainOptions(
         name=args.name,
         output=Path(args.output),
-        ids=Path(args.ids),
+        ids=None if args.ids == "random" else Path(args.ids),
+        random_id_dim=args.random_id_dim,
+        train_ids=args.train_ids,
+        lr_schedule=args.lr_schedule,
+        eval_every=args.eval_every,
+        valid_users=args.valid_users,
+        patience=args.patience,
         max_history_length=args.max_history_length,
         instruction=args.instruction,
         response=args.response,

@@ -64,3 +64,51 @@ def test_resumed_training_matches_uninterrupted(tiny_backbone_dir, synthetic_spl
         torch.testing.assert_close(resumed.module_tensors[name], tensor, atol=1e-6, rtol=1e-5)
     for name, tensor in uninterrupted.lora_tensors.items():
         torch.testing.assert_close(resumed.lora_tensors[name], tensor, atol=1e-6, rtol=1e-5)
+
+
+def _train(tiny_backbone_dir, synthetic_split, tmp_path, ids, **overrides):
+    from model.backbone import BackboneSettings, load_backbone
+
+    backbone = load_backbone(BackboneSettings(source=str(tiny_backbone_dir), cache_dir=tmp_path / "cache"))
+    settings = {"epochs": 1.0, "batch_size": 32, "progress": False, "eval_users": 50, "warmup_steps": 2, **overrides}
+    options = TrainOptions(name="option", output=tmp_path / "bundle", ids=ids, **settings)
+    train_bundle(backbone, synthetic_split, options, {"source": "synthetic"})
+    return read_bundle(tmp_path / "bundle")
+
+
+def test_frozen_id_table_stays_unchanged(tiny_backbone_dir, synthetic_split, synthetic_ids, tmp_path):
+    from safetensors.torch import load_file
+
+    bundle = _train(tiny_backbone_dir, synthetic_split, tmp_path, synthetic_ids)
+
+    pretrained = load_file(str(synthetic_ids / "item_embeddings.safetensors"))["item_embeddings"]
+    torch.testing.assert_close(bundle.module_tensors["id_embeddings.weight"], pretrained)
+
+
+def test_train_ids_fine_tunes_table(tiny_backbone_dir, synthetic_split, synthetic_ids, tmp_path):
+    from safetensors.torch import load_file
+
+    bundle = _train(tiny_backbone_dir, synthetic_split, tmp_path, synthetic_ids, train_ids=True)
+
+    pretrained = load_file(str(synthetic_ids / "item_embeddings.safetensors"))["item_embeddings"]
+    assert not torch.allclose(bundle.module_tensors["id_embeddings.weight"], pretrained)
+    assert bundle.manifest.training["train_ids"] is True
+
+
+def test_random_id_table_has_requested_size(tiny_backbone_dir, synthetic_split, tmp_path):
+    bundle = _train(tiny_backbone_dir, synthetic_split, tmp_path, None, random_id_dim=8, train_ids=True, lr_schedule="constant")
+
+    assert bundle.manifest.model.id_dim == 8
+    assert bundle.manifest.training["id_embeddings"] == "random"
+    assert bundle.manifest.training["lr_schedule"] == "constant"
+
+
+def test_periodic_validation_keeps_best_step(tiny_backbone_dir, synthetic_split, synthetic_ids, tmp_path):
+    bundle = _train(tiny_backbone_dir, synthetic_split, tmp_path, synthetic_ids, epochs=3.0, eval_every=3, valid_users=100, patience=2)
+
+    curve = bundle.manifest.training["valid_curve"]
+    best = max(curve, key=lambda point: point["ndcg_at_10"])
+    assert len(curve) >= 2
+    assert [point["step"] for point in curve] == sorted(point["step"] for point in curve)
+    assert bundle.manifest.training["best_step"] == best["step"]
+    assert bundle.manifest.training["loss_curve"]
