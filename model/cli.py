@@ -126,6 +126,14 @@ def cmd_bundle_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot_training(args: argparse.Namespace) -> int:
+    from model.plots import plot_training_curves
+
+    output = plot_training_curves([Path(folder) for folder in args.bundles], Path(args.output))
+    print(f"wrote {output}")
+    return 0
+
+
 def cmd_prepare_backbone(args: argparse.Namespace) -> int:
     from model.backbone import BackboneSettings, load_backbone
 
@@ -196,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", type=Path, default=None, help="write metrics JSON here")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    plot = commands.add_parser("plot-training", help="plot the training curves recorded in bundle manifests")
+    plot.add_argument("bundles", nargs="+", help="bundle folders")
+    plot.add_argument("-o", "--output", required=True, help="PNG file to write")
+    plot.set_defaults(handler=cmd_plot_training)
 
     bundle = commands.add_parser("bundle", help="bundle tools")
     bundle_commands = bundle.add_subparsers(dest="bundle_command", required=True)

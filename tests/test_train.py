@@ -112,3 +112,12 @@ def test_periodic_validation_keeps_best_step(tiny_backbone_dir, synthetic_split,
     assert [point["step"] for point in curve] == sorted(point["step"] for point in curve)
     assert bundle.manifest.training["best_step"] == best["step"]
     assert bundle.manifest.training["loss_curve"]
+
+
+def test_plot_training_writes_png(trained_bundle_dir, tmp_path):
+    from model.cli import main
+
+    output = tmp_path / "curves.png"
+
+    assert main(["plot-training", str(trained_bundle_dir), "-o", str(output)]) == 0
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

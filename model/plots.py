@@ -1,0 +1,37 @@
+"""Training-curve plots from bundle manifests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from model.bundle import read_manifest  # noqa: E402
+
+
+def plot_training_curves(bundle_dirs: list[Path], output: Path) -> Path:
+    """Plot training loss and, where recorded, validation NDCG@10 of each bundle against steps."""
+    figure, (loss_axis, valid_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for folder in bundle_dirs:
+        manifest = read_manifest(folder)
+        label = f"{manifest.name}@{manifest.version}"
+        loss_curve = manifest.training.get("loss_curve") or []
+        if loss_curve:
+            loss_axis.plot([point[0] for point in loss_curve], [point[1] for point in loss_curve], label=label)
+        valid_curve = manifest.training.get("valid_curve") or []
+        if valid_curve:
+            valid_axis.plot([point["step"] for point in valid_curve], [point["ndcg_at_10"] for point in valid_curve], marker="o", label=label)
+    loss_axis.set(title="training loss (softmax cross-entropy)", xlabel="step", ylabel="loss")
+    valid_axis.set(title="validation NDCG@10", xlabel="step", ylabel="NDCG@10")
+    for axis in (loss_axis, valid_axis):
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
+    figure.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=120)
+    plt.close(figure)
+    return output
