@@ -253,9 +253,9 @@ def _check_lora_tensors(tensors: dict[str, torch.Tensor], lora: LoraSettings) ->
         if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
             raise BundleError(f"{LORA_WEIGHTS_FILE}: tensor {name} is not a finite floating-point tensor")
         if "lora_A" in name and tensor.shape[0] != lora.r:
-            raise BundleError(f"{LORA_WEIGHTS_FILE}: tensor {name} has rank {tensor.shape[0]}, manifest says r={lora.r}")
+            raise BundleError(f"{LORA_WEIGHTS_FILE}: tensor {name} has rank {tensor.shape[0]}, but the manifest sets r={lora.r}; fix the manifest or retrain")
         if "lora_B" in name and tensor.shape[1] != lora.r:
-            raise BundleError(f"{LORA_WEIGHTS_FILE}: tensor {name} has rank {tensor.shape[1]}, manifest says r={lora.r}")
+            raise BundleError(f"{LORA_WEIGHTS_FILE}: tensor {name} has rank {tensor.shape[1]}, but the manifest sets r={lora.r}; fix the manifest or retrain")
 
 
 def read_bundle(folder: Path, expected_fingerprint: str | None = None) -> Bundle:

@@ -1,6 +1,6 @@
 """Resumable training checkpoints for ``e4srec train``.
 
-A checkpoint holds the trainable tensors, the optimizer state and the step
+A checkpoint contains the trainable tensors, the optimizer state and the step
 count. The batch order of every epoch is a function of the seed and the epoch,
 so a resumed run continues with exactly the batches the interrupted run would
 have seen next.

@@ -72,7 +72,7 @@ class E4SRec(nn.Module):
     """ID table, input projector and scoring head around one LoRA adapter.
 
     The backbone is shared with other bundles and is not a submodule, so the
-    module's ``state_dict`` holds exactly the bundle's own tensors.
+    module's ``state_dict`` contains exactly the bundle's own tensors.
     """
 
     def __init__(self, backbone: Backbone, config: E4SRecConfig, adapter_name: str):
@@ -181,7 +181,7 @@ class E4SRec(nn.Module):
         return self._prefix_key_values is not None
 
     def _prefix_cache(self, batch_size: int) -> DynamicCache:
-        """A key/value cache of the instruction tokens, repeated for ``batch_size`` rows.
+        """Return a key/value cache of the instruction tokens, repeated for ``batch_size`` rows.
 
         The instruction is the same for every request of a bundle, but its keys
         and values depend on the bundle's LoRA weights, so the cache belongs to
@@ -264,7 +264,7 @@ class E4SRec(nn.Module):
         return nn.functional.cross_entropy(logits, label_tensor), len(labels)
 
     def bundle_tensors(self) -> dict[str, torch.Tensor]:
-        """The module's own tensors as stored in a bundle, in float32."""
+        """Return the module's own tensors as stored in a bundle, in float32."""
         return {name: tensor.detach().float().cpu().contiguous() for name, tensor in self.state_dict().items()}
 
     def load_bundle_tensors(self, tensors: dict[str, torch.Tensor]) -> None:

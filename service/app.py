@@ -245,7 +245,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/adapters/{name}", response_model=AdapterDetail, responses={404: {"description": "not installed"}})
     def get_adapter(name: str, registry: BundleRegistry = Depends(get_registry)) -> AdapterDetail:
-        """One installed bundle: its whole manifest and load state."""
+        """Return one installed bundle's whole manifest and load state."""
         installed = registry.installed(name)
         served = next((served for served in registry.resident() if served.name == name), None)
         return AdapterDetail.describe(installed, served)
@@ -263,7 +263,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/healthz", response_model=HealthStatus)
     def healthz() -> HealthStatus:
-        """Liveness: the process answers."""
+        """Report liveness: the process is up and serving HTTP."""
         return HealthStatus(status="ok")
 
     @app.get("/readyz", response_model=ReadyStatus, responses={503: {"model": ReadyStatus}})

@@ -10,7 +10,7 @@ logger = logging.getLogger(__name__)
 
 
 class StateUnavailableError(RuntimeError):
-    """Raised when a request needs stored state and Redis does not answer in time."""
+    """Raised when a request needs stored state and Redis does not respond in time."""
 
     def __init__(self, operation: str, error: Exception):
         super().__init__(
@@ -20,7 +20,7 @@ class StateUnavailableError(RuntimeError):
 
 
 def connect(url: str, timeout_s: float) -> aioredis.Redis:
-    """A client that fails within ``timeout_s`` instead of hanging when Redis is down.
+    """Create a client that fails within ``timeout_s`` instead of hanging when Redis is down.
 
     redis-py reconnects on the next command, so the service recovers by itself
     once Redis is back.
@@ -36,7 +36,7 @@ def connect(url: str, timeout_s: float) -> aioredis.Redis:
 
 
 def safe_url(url: str) -> str:
-    """The URL without its password, for logs."""
+    """Return the URL without its password, for logs."""
     if "@" not in url:
         return url
     scheme, _, rest = url.partition("://")

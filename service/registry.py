@@ -6,7 +6,7 @@ memory. A request for an installed but evicted bundle loads it again, and the
 least recently used unpinned bundle makes room.
 
 A request keeps a reference to the exact ``ServedBundle`` it was planned on,
-so a replacement or eviction never changes the version that answers it. A
+so a replacement or eviction never changes the version that serves it. A
 retired bundle leaves the backbone only when its last request has finished.
 """
 
@@ -128,7 +128,7 @@ class BundleRegistry:
             try:
                 manifest = read_manifest(folder)
                 if manifest.name != folder.name:
-                    raise BundleError(f"folder {folder.name!r} holds a manifest named {manifest.name!r}; they must be equal")
+                    raise BundleError(f"folder {folder.name!r} contains a manifest named {manifest.name!r}; rename the folder to the bundle name")
             except BundleError as error:
                 logger.error("skipped bundle folder %s: %s", folder, error)
                 continue
@@ -255,7 +255,7 @@ class BundleRegistry:
             )
 
     def _make_room(self, incoming_bytes: int) -> None:
-        """Evict least recently used unpinned bundles until ``incoming_bytes`` fits (caller holds ``_lock``)."""
+        """Evict least recently used unpinned bundles until ``incoming_bytes`` fits (the caller must own ``_lock``)."""
 
         def over_capacity() -> bool:
             count_full = len(self._resident) + 1 > self.max_resident
@@ -276,7 +276,7 @@ class BundleRegistry:
             logger.info("evicted bundle %s@%s from memory (least recently used)", victim, served.version)
 
     def _retire(self, served: ServedBundle) -> None:
-        """Take ``served`` out of service; it leaves the backbone after its last request (caller holds ``_lock``)."""
+        """Take ``served`` out of service; it leaves the backbone after its last request (the caller must own ``_lock``)."""
         served.retired = True
         if served.in_flight == 0:
             # Detaching takes the forward lock, which a running forward pass

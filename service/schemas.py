@@ -83,7 +83,7 @@ class AdapterDetail(BaseModel):
     version: str
     resident: bool
     pinned: bool
-    in_flight: int = Field(..., description="requests being answered by the resident version")
+    in_flight: int = Field(..., description="requests in progress on the resident version")
     path: str
     manifest: dict
 

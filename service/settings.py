@@ -20,20 +20,20 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=default_cache_dir, description="folder for converted backbones")
     adapters_dir: Path = Field(Path("adapters"), description="bundle repository: one folder per bundle")
     max_request_history: int = Field(
-        10_000, ge=1, description="longest history accepted in a request, in items; longer requests get 422"
+        10_000, ge=1, description="maximum history length accepted in a request, in items; longer requests get 422"
     )
     max_request_exclude: int = Field(
-        100_000, ge=0, description="most item IDs accepted in a request's exclude list"
+        100_000, ge=0, description="maximum number of item IDs in a request's exclude list"
     )
-    max_batch_size: int = Field(16, ge=1, description="most requests per forward pass")
-    max_wait_ms: float = Field(5.0, ge=0, description="longest a request waits for others to join its batch, in ms")
-    max_queue: int = Field(256, ge=1, description="most requests waiting; beyond it requests get 503 with Retry-After")
+    max_batch_size: int = Field(16, ge=1, description="maximum number of requests per forward pass")
+    max_wait_ms: float = Field(5.0, ge=0, description="maximum time a request waits for others to join its batch, in ms")
+    max_queue: int = Field(256, ge=1, description="maximum number of waiting requests; beyond it requests get 503 with Retry-After")
     mixed_batches: bool = Field(True, description="serve requests for different bundles in one forward pass")
     prefix_cache: bool = Field(True, description="reuse the instruction prefix's keys and values across requests")
     admin_token: SecretStr | None = Field(None, description="bearer token for the admin routes; unset disables them")
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1, description="largest bundle archive accepted, in bytes")
-    max_resident_bundles: int = Field(8, ge=1, description="most bundles attached to the backbone at once")
-    max_resident_bytes: int | None = Field(None, ge=1, description="most bytes of bundle tensors in memory")
+    max_resident_bundles: int = Field(8, ge=1, description="maximum number of bundles attached to the backbone at once")
+    max_resident_bytes: int | None = Field(None, ge=1, description="maximum bytes of bundle tensors in memory")
     pinned_bundles: str = Field("", description="comma-separated bundle names that are never evicted")
     redis_url: str | None = Field(
         None,
@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     )
     redis_timeout_s: float = Field(0.5, gt=0, description="timeout of each Redis operation and connection attempt, in seconds")
     response_cache_ttl_s: float = Field(60.0, ge=0, description="lifetime of cached responses in seconds; 0 disables the cache")
-    stored_history_length: int = Field(200, ge=1, description="most recent items kept per stored user history")
+    stored_history_length: int = Field(200, ge=1, description="number of most recent items kept per stored user history")
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads for torch (default: torch's choice)")
 
     @property

@@ -1,6 +1,6 @@
 """Receive a bundle archive over HTTP and unpack it safely into a staging folder.
 
-The archive is a tar file, optionally gzip-compressed, that holds the bundle
+The archive is a tar file, optionally gzip-compressed, that contains the bundle
 files either at its root or inside one top-level folder. Only regular files
 with the known bundle file names are accepted, so an archive can neither
 write outside its staging folder nor smuggle in links or devices.
@@ -111,13 +111,13 @@ def extract_archive(archive: Path, staging: Path, max_bytes: int) -> None:
             if file_name is None:
                 continue
             if file_name in files:
-                raise ArchiveError(f"archive holds {file_name} twice")
+                raise ArchiveError(f"archive contains {file_name} twice; pack one bundle folder per archive")
             total += member.size
             if total > max_bytes:
                 raise ArchiveError(f"archive unpacks to more than {max_bytes} bytes; raise E4SREC_MAX_UPLOAD_BYTES")
             files[file_name] = member
         if len(top_folders) > 1:
-            raise ArchiveError(f"archive holds several folders {sorted(top_folders)}; pack one bundle per archive")
+            raise ArchiveError(f"archive contains several folders {sorted(top_folders)}; pack one bundle per archive")
         if MANIFEST_FILE not in files:
             raise ArchiveError(f"archive has no {MANIFEST_FILE}; pack a bundle folder with 'e4srec bundle pack'")
 

@@ -31,7 +31,7 @@ async def post_events(
 
 @router.get("/users/{user_id}/history", response_model=UserHistory, responses={503: {"description": "Redis unreachable"}})
 async def get_history(request: Request, user_id: str = UserIdPath, bundle: str = BundleQuery) -> UserHistory:
-    """The user's stored history for one bundle, oldest first (empty when none is stored)."""
+    """Return the user's stored history for one bundle, oldest first (empty when none is stored)."""
     history = await request.app.state.histories.get(bundle, user_id)
     return UserHistory(user_id=user_id, bundle=bundle, history=history)
 

@@ -91,7 +91,7 @@ def test_lora_rank_mismatch_is_rejected(trained_bundle_dir, tmp_path):
     folder = _copy(trained_bundle_dir, tmp_path)
     _rewrite_manifest(folder, lambda values: values["model"]["lora"].update(r=16))
 
-    with pytest.raises(BundleError, match="manifest says r=16"):
+    with pytest.raises(BundleError, match="manifest sets r=16"):
         read_bundle(folder)
 
 
