@@ -1,6 +1,6 @@
 """A cache of recommendation responses, keyed by bundle version and request.
 
-The key contains the bundle version, so a replaced bundle never serves an
+The key contains the bundle version, so a replaced bundle never serves a
 response computed by its predecessor. With ``REDIS_URL`` the cache is shared by
 every replica; a Redis failure only bypasses the cache (and is counted), it
 never fails a request.
