@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from model.backbone import BackboneSettings, load_backbone
+from model.bundle import BundleError
 from service.admin import router as admin_router
 from service.batcher import MicroBatcher, QueueFullError
 from service.bundle_events import BundleEvents
@@ -24,7 +25,7 @@ from service.histories import InMemoryHistories, RedisHistories
 from service.metrics import ServiceMetrics
 from service.ranking import plan_ranking
 from service.redis_connection import StateUnavailableError, connect, safe_url
-from service.registry import BundleRegistry
+from service.registry import BundleRegistry, CapacityError
 from service.response_cache import InMemoryResponseCache, RedisResponseCache, cache_key
 from service.schemas import (
     AdapterDetail,
@@ -91,6 +92,13 @@ async def _state_unavailable(request: Request, error: StateUnavailableError) -> 
     return JSONResponse(status_code=503, content={"detail": str(error)}, headers={"Retry-After": "5"})
 
 
+async def _bundle_unavailable(request: Request, error: Exception) -> JSONResponse:
+    # Raised when an installed but evicted bundle cannot be loaded again:
+    # no room (every resident bundle pinned) or its files became invalid.
+    logger.error("could not load a bundle for %s %s: %s", request.method, request.url.path, error)
+    return JSONResponse(status_code=503, content={"detail": f"the bundle cannot be loaded now: {error}"}, headers={"Retry-After": "5"})
+
+
 def _attach_state(app: FastAPI, settings: Settings, metrics: ServiceMetrics, registry: BundleRegistry) -> None:
     """Histories, response cache and bundle events: in Redis when configured, else in process."""
     if settings.redis_url is None:
@@ -150,6 +158,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_exception_handler(QueueFullError, _queue_full)
     app.add_exception_handler(StateUnavailableError, _state_unavailable)
+    app.add_exception_handler(CapacityError, _bundle_unavailable)
+    app.add_exception_handler(BundleError, _bundle_unavailable)
 
     @app.middleware("http")
     async def record_request(request: Request, call_next):

@@ -304,3 +304,18 @@ def test_admin_routes_disabled_without_token(tiny_backbone_dir, repository, tmp_
 
     assert response.status_code == 403
     assert "E4SREC_ADMIN_TOKEN" in response.json()["detail"]
+
+
+def test_no_room_beside_pinned_bundle_gets_503(tiny_backbone_dir, trained_bundle_dir, repository, tmp_path):
+    make_variant(trained_bundle_dir, repository / "second", name="second")
+    server = _start(tiny_backbone_dir, repository, tmp_path, max_resident_bundles=1, pinned_bundles="toy")
+    try:
+        blocked = _ask(server, bundle="second")
+        pinned = _ask(server, bundle="toy")
+    finally:
+        server.stop()
+
+    assert blocked.status_code == 503
+    assert "all pinned" in blocked.json()["detail"]
+    assert blocked.headers["retry-after"] == "5"
+    assert pinned.status_code == 200
