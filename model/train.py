@@ -27,6 +27,7 @@ from model.backbone import Backbone, BackboneSettings, load_backbone
 from model.bundle import write_bundle
 from model.checkpoint import BestState, TrainingState, load_checkpoint, save_checkpoint
 from model.data import LeaveOneOutSplit, leave_one_out, read_interactions
+from model.distributed import DistributedContext
 from model.e4srec import DEFAULT_INSTRUCTION, HEAD_LINEAR, HEAD_TIED, E4SRec, E4SRecConfig
 from model.evaluate import evaluate_full_ranking
 from model.lora import DEFAULT_TARGET_MODULES, LoraSettings, attach_adapter
@@ -62,6 +63,7 @@ class TrainOptions:
     eval_every: int | None = None
     valid_users: int = 2000
     patience: int = 3
+    gradient_checkpointing: bool = False
     eval_split: str = "test"
     eval_users: int | None = None
     eval_batch_size: int = 64
@@ -128,8 +130,13 @@ def machine_description(device: torch.device) -> str:
 
 
 def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOptions, data_description: dict) -> dict:
-    """Train, evaluate and write one bundle; return the evaluation metrics."""
-    seed_everything(options.seed)
+    """Train, evaluate and write one bundle; return the evaluation metrics.
+
+    Under torchrun every process calls this; process 0 returns the metrics
+    and writes the bundle, the others return an empty dict.
+    """
+    distributed = DistributedContext.from_environment(backbone.device)
+    seed_everything(options.seed + distributed.rank)
     if options.ids is None:
         id_table = torch.randn(split.num_items + 1, options.random_id_dim) * 0.02
         id_table[0] = 0.0
@@ -154,6 +161,10 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
     module.id_embeddings.weight.requires_grad_(options.train_ids)
     module.to(backbone.device)
     attach_adapter(backbone, adapter_name, options.lora, trainable=True)
+    if options.gradient_checkpointing:
+        # Recomputes each decoder layer's activations in the backward pass, to
+        # fit larger backbones in memory at the cost of compute.
+        backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     trainable = [parameter for parameter in module.parameters() if parameter.requires_grad]
     trainable += [parameter for name, parameter in backbone.peft_model.named_parameters() if parameter.requires_grad]
@@ -163,7 +174,8 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
     sequences = [sequence for sequence in split.train if len(sequence) >= 2]
     if options.max_train_users is not None:
         sequences = random.Random(options.seed).sample(sequences, min(options.max_train_users, len(sequences)))
-    steps_per_epoch = math.ceil(len(sequences) / options.batch_size)
+    batches_per_epoch = math.ceil(len(sequences) / options.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / distributed.world_size)
     total_steps = max(1, int(options.epochs * steps_per_epoch))
     logger.info(
         "training bundle %s: %d sequences, %d steps (%.2f epochs), %d trainable parameters",
@@ -187,11 +199,16 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
     autocast = torch.autocast(device_type=backbone.device.type, dtype=torch.bfloat16, enabled=options.autocast_bf16)
     session_started = time.monotonic()
     last_checkpoint = session_started
-    progress = tqdm(total=total_steps, initial=state.step, desc=f"train {options.name}", unit="step", disable=not options.progress)
+    progress = tqdm(
+        total=total_steps, initial=state.step, desc=f"train {options.name}", unit="step",
+        disable=not options.progress or not distributed.is_main,
+    )
+    batches_epoch, batches = -1, []
     while state.step < total_steps:
         epoch, position = divmod(state.step, steps_per_epoch)
-        batches = length_bucketed_batches(sequences, options.batch_size, seed=options.seed * 1000 + epoch)
-        batch = batches[position]
+        if epoch != batches_epoch:
+            batches_epoch, batches = epoch, length_bucketed_batches(sequences, options.batch_size, seed=options.seed * 1000 + epoch)
+        batch = batches[(position * distributed.world_size + distributed.rank) % len(batches)]
 
         for group in optimizer.param_groups:
             factor = _learning_rate_factor(state.step, options.warmup_steps, total_steps, options.lr_schedule)
@@ -200,6 +217,7 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
             loss, targets = module.training_loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(trainable)
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
 
@@ -211,7 +229,7 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
         progress.set_postfix(loss=f"{loss.item():.3f}", epoch=f"{state.step / steps_per_epoch:.2f}")
 
         stop_early = False
-        if options.eval_every is not None and state.step % options.eval_every == 0:
+        if options.eval_every is not None and state.step % options.eval_every == 0 and distributed.is_main:
             module.eval()
             with autocast:
                 valid = evaluate_full_ranking(module.score_histories, valid_cases, batch_size=options.eval_batch_size, progress=False)
@@ -226,9 +244,10 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
                 logger.info("early stop of bundle %s at step %d: no validation gain since step %d", options.name, state.step, best.step)
                 stop_early = True
 
-        out_of_time = options.max_minutes is not None and elapsed > options.max_minutes * 60
+        out_of_time = distributed.agree(options.max_minutes is not None and elapsed > options.max_minutes * 60)
+        stop_early = distributed.agree(stop_early)
         due = time.monotonic() - last_checkpoint > options.checkpoint_every_s
-        if options.checkpoint_dir is not None and (due or out_of_time or state.step == total_steps):
+        if options.checkpoint_dir is not None and distributed.is_main and (due or out_of_time or state.step == total_steps):
             save_checkpoint(options.checkpoint_dir, module, backbone, adapter_name, optimizer, state, elapsed)
             last_checkpoint = time.monotonic()
         if out_of_time:
@@ -238,6 +257,10 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
             break
     progress.close()
     training_time = state.elapsed_s + time.monotonic() - session_started
+    if not distributed.is_main:
+        distributed.barrier()
+        distributed.close()
+        return {}
     if best is not None:
         best.restore(module, backbone, adapter_name)
         logger.info("bundle %s keeps the weights of step %d (valid NDCG@10 %.4f)", options.name, best.step, best.ndcg_at_10)
@@ -269,6 +292,8 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
         "machine": machine_description(backbone.device),
         "final_loss": state.losses[-1] if state.losses else None,
         "train_ids": options.train_ids,
+        "processes": distributed.world_size,
+        "gradient_checkpointing": options.gradient_checkpointing,
         "lr_schedule": options.lr_schedule,
         "best_step": best.step if best is not None else None,
         "valid_curve": state.valid_curve,
@@ -276,6 +301,8 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
     }
     evaluation = {options.eval_split: metrics}
     write_bundle(module, options.output, options.name, training=training, metrics=evaluation)
+    distributed.barrier()
+    distributed.close()
     return metrics
 
 
@@ -304,6 +331,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes (checkpointed)")
     parser.add_argument("--max-train-users", type=int, default=None, help="train on a fixed random sample of this many users")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (use with --dtype bfloat16 for speed)")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass to save memory")
     parser.add_argument("--checkpoint-dir", default=None, help="save resumable checkpoints here; an existing checkpoint is resumed")
     parser.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints")
     parser.add_argument("--eval-split", default="test", choices=["valid", "test"], help="split for the final evaluation")
@@ -340,6 +368,7 @@ def train_from_args(args: argparse.Namespace) -> int:
         autocast_bf16=args.bf16,
         checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else None,
         checkpoint_every_s=args.checkpoint_every,
+        gradient_checkpointing=args.gradient_checkpointing,
         eval_split=args.eval_split,
         eval_users=args.eval_users,
         eval_batch_size=args.eval_batch_size,
