@@ -98,7 +98,7 @@ def main() -> int:
     prompt_length = len(manifest.model.instruction_ids) + len(manifest.model.response_ids)
     used = min(args.history_length, manifest.model.max_history_length)
 
-    log_path = Path(args.output).with_suffix(".server.log") if args.output else Path("/tmp/e4srec-bench-server.log")
+    log_path = Path("/tmp/e4srec-bench-server.log")
     service = measure_service(args, histories, log_path)
     bare = measure_bare_forward(args, [history[-used:] for history in histories], prompt_length)
 

@@ -60,7 +60,9 @@ def cmd_popularity(args: argparse.Namespace) -> int:
     counts = popularity_scores(split.train, split.num_items)
     metrics = evaluate_full_ranking(popularity_score_fn(counts), split.cases(args.split), progress=not args.quiet)
     print(format_metrics_table({f"popularity ({args.split})": metrics}))
-    _write_json(args.output, {"model": "popularity", "split": args.split, "data": str(args.data), **metrics})
+    source = Path(args.data)
+    label = f"{source.name}/sequences.txt" if source.is_dir() else source.name
+    _write_json(args.output, {"model": "popularity", "split": args.split, "data": label, **metrics})
     return 0
 
 

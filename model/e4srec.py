@@ -191,7 +191,7 @@ class E4SRec(nn.Module):
             instruction = self.backbone.input_embeddings(self.instruction_ids).unsqueeze(0)
             positions = torch.arange(self.prefix_length, device=self.backbone.device).unsqueeze(0)
             output = self.backbone.decoder(inputs_embeds=instruction, position_ids=positions, use_cache=True)
-            self._prefix_key_values = [(layer.keys, layer.values) for layer in output.past_key_values.layers]
+            self._prefix_key_values = [(layer.keys, layer.values) for layer in output.cache.layers]
         expanded = [
             (keys.expand(batch_size, -1, -1, -1), values.expand(batch_size, -1, -1, -1))
             for keys, values in self._prefix_key_values
