@@ -50,7 +50,7 @@ def default_cache_dir() -> Path:
 @dataclass
 class BackboneSettings:
     source: str = EMBEDDED_DEFAULT
-    device: str = "cpu"
+    device: str = "auto"
     dtype: str = "float32"
     cache_dir: Path = field(default_factory=default_cache_dir)
 
@@ -186,7 +186,10 @@ def load_backbone(settings: BackboneSettings) -> Backbone:
     """Load, fingerprint and freeze a backbone on the requested device and dtype."""
     if settings.dtype not in _DTYPES:
         raise BackboneError(f"dtype {settings.dtype!r} is not supported; use one of {sorted(_DTYPES)}")
-    device = torch.device(settings.device)
+    device_name = settings.device
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BackboneError("device 'cuda' was requested but CUDA is not available; use --device cpu")
 

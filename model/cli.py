@@ -146,7 +146,7 @@ def cmd_prepare_backbone(args: argparse.Namespace) -> int:
 
 def _add_backbone_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default="smollm2", help="'smollm2' (embedded default), a Hugging Face model folder, or a .gguf file")
-    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    parser.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="backbone weight dtype")
 
 

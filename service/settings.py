@@ -15,7 +15,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="E4SREC_", env_file=".env", extra="ignore")
 
     backbone: str = Field(EMBEDDED_DEFAULT, description="'smollm2', a Hugging Face model folder, or a .gguf file")
-    device: str = Field("cpu", description="torch device for the backbone: cpu or cuda")
+    device: str = Field("auto", description="torch device for the backbone: auto (CUDA when present), cpu or cuda")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="backbone weight dtype")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="folder for converted backbones")
     adapters_dir: Path = Field(Path("adapters"), description="bundle repository: one folder per bundle")
