@@ -24,6 +24,9 @@ def plot_training_curves(bundle_dirs: list[Path], output: Path) -> Path:
         valid_curve = manifest.training.get("valid_curve") or []
         if valid_curve:
             valid_axis.plot([point["step"] for point in valid_curve], [point["ndcg_at_10"] for point in valid_curve], marker="o", label=label)
+    if not valid_axis.get_lines():
+        valid_axis.text(0.5, 0.5, "no validation curve recorded\n(train with --eval-every N)", ha="center", va="center",
+                        transform=valid_axis.transAxes, color="gray")
     loss_axis.set(title="training loss (softmax cross-entropy)", xlabel="step", ylabel="loss")
     valid_axis.set(title="validation NDCG@10", xlabel="step", ylabel="NDCG@10")
     for axis in (loss_axis, valid_axis):
