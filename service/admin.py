@@ -45,6 +45,11 @@ def require_admin(request: Request) -> None:
         )
 
 
+def _without_folder(message: str, staging) -> str:
+    """Drop the server's staging path from a message: it means nothing to the client."""
+    return message.replace(f"{staging}/", "").replace(f" from {staging}", " from the archive").replace(str(staging), "the archive")
+
+
 def _reject(request: Request, name: str, status: int, reason: str, message: str) -> JSONResponse:
     request.app.state.metrics.bundle_uploads.labels(result="rejected", reason=reason).inc()
     logger.warning("rejected upload of bundle %s: %s", name, message)
@@ -97,9 +102,9 @@ async def put_adapter(name: str, request: Request, registry: BundleRegistry = De
                 await run_in_threadpool(extract_archive, archive, staging, settings.max_upload_bytes)
                 served = await run_in_threadpool(registry.install, staging, name)
             except ArchiveError as error:
-                return _reject(request, name, 422, "archive", str(error))
+                return _reject(request, name, 422, "archive", _without_folder(str(error), staging))
             except BundleError as error:
-                return _reject(request, name, 422, "bundle", str(error))
+                return _reject(request, name, 422, "bundle", _without_folder(str(error), staging))
             except CapacityError as error:
                 return _reject(request, name, 409, "capacity", str(error))
     finally:

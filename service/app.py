@@ -164,12 +164,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.middleware("http")
     async def record_request(request: Request, call_next):
         started = time.monotonic()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        template = route.path if route is not None else "unmatched"
-        metrics.http_requests.labels(route=template, method=request.method, status=str(response.status_code)).inc()
-        metrics.http_request_duration.labels(route=template, method=request.method).observe(time.monotonic() - started)
-        return response
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            # An unhandled exception reaches the error handler outside this
+            # middleware, so it is counted here as the 500 it becomes.
+            route = request.scope.get("route")
+            template = route.path if route is not None else "unmatched"
+            metrics.http_requests.labels(route=template, method=request.method, status=str(status)).inc()
+            metrics.http_request_duration.labels(route=template, method=request.method).observe(time.monotonic() - started)
 
     @app.post(
         "/recommend",

@@ -7,7 +7,9 @@ ctx}`` entries for invalid fields, so clients parse one format.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -43,9 +45,21 @@ class ServiceNotReadyError(RuntimeError):
     pass
 
 
+def _json_safe(value: Any) -> Any:
+    """Replace NaN and infinities, which JSON cannot carry, by their text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    return value
+
+
 def _short_input(value: Any) -> Any:
-    """Keep echoed inputs short: a 10,000-item history would bloat every error."""
-    text = repr(value)
+    """Keep echoed inputs short and valid JSON: a 10,000-item history would bloat every error."""
+    value = _json_safe(value)
+    text = json.dumps(value, default=str)
     if len(text) <= _MAX_ECHOED_INPUT:
         return value
     return text[:_MAX_ECHOED_INPUT] + "..."
@@ -58,6 +72,8 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
         entry.pop("url", None)
         if "input" in entry:
             entry["input"] = _short_input(entry["input"])
+        if "ctx" in entry:
+            entry["ctx"] = _json_safe({key: value if isinstance(value, (int, float, str)) else str(value) for key, value in entry["ctx"].items()})
         entries.append(entry)
     return JSONResponse(status_code=422, content=jsonable_encoder({"detail": entries}))
 

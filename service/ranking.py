@@ -64,6 +64,15 @@ def plan_ranking(request: RecommendRequest, served: ServedBundle, history: list[
     if request.exclude_seen:
         excluded.update(history)
     rankable = served.num_items - len(excluded)
+    if rankable == 0:
+        raise FieldError(
+            ["exclude"],
+            f"the exclusions leave no item of bundle {served.name}@{served.version} to rank "
+            f"(all {served.num_items} items excluded); exclude fewer items",
+            f"{len(excluded)} items excluded",
+            "nothing_to_rank",
+            {"max": served.num_items - 1},
+        )
     if request.k > rankable:
         raise FieldError(
             ["k"],

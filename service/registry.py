@@ -304,7 +304,7 @@ class BundleRegistry:
         if bundle.manifest.name != name:
             raise BundleError(
                 f"the archive's manifest names bundle {bundle.manifest.name!r}, but it was uploaded as {name!r}; "
-                "upload it under its own name or rewrite the manifest with e4srec"
+                f"upload it as PUT /adapters/{bundle.manifest.name}"
             )
         served = self._attach(bundle)
         target = self.adapters_dir / name

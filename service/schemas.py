@@ -84,7 +84,7 @@ class AdapterDetail(BaseModel):
     resident: bool
     pinned: bool
     in_flight: int = Field(..., description="requests in progress on the resident version")
-    path: str
+    path: str = Field(..., description="folder name in the bundle repository")
     manifest: dict
 
     @classmethod
@@ -95,7 +95,7 @@ class AdapterDetail(BaseModel):
             resident=served is not None,
             pinned=served.pinned if served is not None else False,
             in_flight=served.in_flight if served is not None else 0,
-            path=str(installed.path),
+            path=installed.path.name,
             manifest=installed.manifest.to_dict(),
         )
 

@@ -26,11 +26,11 @@ class ArchiveError(ValueError):
 
 
 class UploadTooLargeError(ValueError):
-    def __init__(self, limit: int, received: int | None = None):
+    def __init__(self, limit: int, size: int, declared: bool = False):
         self.limit = limit
-        size = f"{received} bytes" if received is not None else "more"
+        amount = f"Content-Length declares {size} bytes" if declared else f"more than {limit} bytes received"
         super().__init__(
-            f"bundle archive is too large: {size} received, the limit is {limit} bytes; "
+            f"bundle archive is too large: {amount}, the limit is {limit} bytes; "
             "raise E4SREC_MAX_UPLOAD_BYTES or shrink the bundle"
         )
 
@@ -43,7 +43,7 @@ async def receive_archive(request: Request, folder: Path, limit: int) -> Path:
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise UploadTooLargeError(limit, int(declared))
+        raise UploadTooLargeError(limit, int(declared), declared=True)
 
     folder.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(prefix=".upload-", suffix=".tar", dir=folder)

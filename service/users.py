@@ -29,15 +29,21 @@ async def post_events(
     return UserHistory(user_id=user_id, bundle=body.bundle, history=history)
 
 
-@router.get("/users/{user_id}/history", response_model=UserHistory, responses={503: {"description": "Redis unreachable"}})
-async def get_history(request: Request, user_id: str = UserIdPath, bundle: str = BundleQuery) -> UserHistory:
+@router.get("/users/{user_id}/history", response_model=UserHistory, responses={404: {"description": "bundle not installed"}, 503: {"description": "Redis unreachable"}})
+async def get_history(
+    request: Request, user_id: str = UserIdPath, bundle: str = BundleQuery, registry: BundleRegistry = Depends(get_registry)
+) -> UserHistory:
     """Return the user's stored history for one bundle, oldest first (empty when none is stored)."""
+    registry.installed(bundle)
     history = await request.app.state.histories.get(bundle, user_id)
     return UserHistory(user_id=user_id, bundle=bundle, history=history)
 
 
-@router.delete("/users/{user_id}/history", response_model=DeletedHistory, responses={503: {"description": "Redis unreachable"}})
-async def delete_history(request: Request, user_id: str = UserIdPath, bundle: str = BundleQuery) -> DeletedHistory:
+@router.delete("/users/{user_id}/history", response_model=DeletedHistory, responses={404: {"description": "bundle not installed"}, 503: {"description": "Redis unreachable"}})
+async def delete_history(
+    request: Request, user_id: str = UserIdPath, bundle: str = BundleQuery, registry: BundleRegistry = Depends(get_registry)
+) -> DeletedHistory:
     """Forget the user's stored history for one bundle."""
+    registry.installed(bundle)
     deleted = await request.app.state.histories.delete(bundle, user_id)
     return DeletedHistory(user_id=user_id, bundle=bundle, deleted=deleted)

@@ -1,5 +1,7 @@
 """HTTP tests against a running ``e4srec serve`` process on the tiny backbone."""
 
+import json
+
 import httpx
 import pytest
 import torch
@@ -10,7 +12,9 @@ from tests.conftest import NUM_SYNTHETIC_ITEMS
 
 
 def _recommend(server, **body):
-    return httpx.post(f"{server.url}/recommend", json=body, timeout=30)
+    # json.dumps writes NaN and Infinity literals, which clients can send and httpx's own encoder refuses.
+    content = json.dumps(body).encode()
+    return httpx.post(f"{server.url}/recommend", content=content, headers={"content-type": "application/json"}, timeout=30)
 
 
 def test_scores_equal_direct_forward(tiny_server, tiny_backbone_dir, tmp_path):
@@ -85,6 +89,9 @@ BAD_BODIES = {
     "k above rankable": ({"bundle": "toy", "history": [1, 2], "k": NUM_SYNTHETIC_ITEMS - 1}, 422, ["body", "k"], f"1 and {NUM_SYNTHETIC_ITEMS - 2}"),
     "exclude out of range": ({"bundle": "toy", "history": [1], "exclude": [0]}, 422, ["body", "exclude", 0], "padding ID"),
     "unknown field": ({"bundle": "toy", "history": [1], "user": 3}, 422, ["body", "user"], "Extra inputs"),
+    "nan id": ({"bundle": "toy", "history": [float("nan")]}, 422, ["body", "history", 0], "integer"),
+    "infinite k": ({"bundle": "toy", "history": [1], "k": float("inf")}, 422, ["body", "k"], "integer"),
+    "everything excluded": ({"bundle": "toy", "history": [1], "exclude": list(range(2, NUM_SYNTHETIC_ITEMS + 1))}, 422, ["body", "exclude"], "no item"),
 }
 
 
@@ -148,3 +155,12 @@ def test_health_ready_and_docs(tiny_server):
     assert ready["bundles"] == 1
     assert httpx.get(f"{tiny_server.url}/docs").status_code == 200
     assert "/recommend" in httpx.get(f"{tiny_server.url}/openapi.json").json()["paths"]
+
+
+def test_history_routes_reject_unknown_bundle(tiny_server):
+    read = httpx.get(f"{tiny_server.url}/users/u1/history", params={"bundle": "nope"})
+    delete = httpx.delete(f"{tiny_server.url}/users/u1/history", params={"bundle": "nope"})
+
+    assert read.status_code == 404
+    assert delete.status_code == 404
+    assert "not installed" in read.json()["detail"]
