@@ -70,6 +70,12 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
     for entry in error.errors():
         entry = dict(entry)
         entry.pop("url", None)
+        if entry.get("type") == "json_invalid":
+            reason = entry.get("ctx", {}).get("error", "")
+            entry["msg"] = (
+                f"the request body is not valid JSON ({reason}); send a JSON object such as "
+                '{"bundle": "beauty", "history": [1, 2, 3], "k": 10}'
+            )
         if "input" in entry:
             entry["input"] = _short_input(entry["input"])
         if "ctx" in entry:

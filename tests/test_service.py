@@ -130,6 +130,13 @@ def test_body_that_is_not_a_json_object_gets_4xx(tiny_server, content, content_t
     assert httpx.get(f"{tiny_server.url}/healthz").status_code == 200
 
 
+def test_invalid_json_message_shows_an_example(tiny_server):
+    response = httpx.post(f"{tiny_server.url}/recommend", content=b"not json", headers={"content-type": "application/json"})
+
+    assert response.status_code == 422
+    assert "not valid JSON" in response.json()["detail"][0]["msg"]
+
+
 def test_huge_integer_literal_gets_4xx(tiny_server):
     content = b'{"bundle": "toy", "history": [' + b"9" * 5000 + b"]}"
 
