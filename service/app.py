@@ -162,6 +162,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(BundleError, _bundle_unavailable)
 
     @app.middleware("http")
+    async def limit_request_size(request: Request, call_next):
+        # Bundle uploads stream with their own limit; every other body is JSON.
+        declared = request.headers.get("content-length", "")
+        is_upload = request.method == "PUT" and request.url.path.startswith("/adapters/")
+        if not is_upload and declared.isdigit() and int(declared) > settings.max_request_bytes:
+            metrics.rejected_requests.labels(reason="body_too_large").inc()
+            return JSONResponse(
+                status_code=413,
+                content={"detail": f"request body of {declared} bytes is above the limit of {settings.max_request_bytes} "
+                                   "bytes; send fewer items or raise E4SREC_MAX_REQUEST_BYTES"},
+            )
+        return await call_next(request)
+
+    @app.middleware("http")
     async def record_request(request: Request, call_next):
         started = time.monotonic()
         status = 500

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     max_request_exclude: int = Field(
         100_000, ge=0, description="maximum number of item IDs in a request's exclude list"
     )
+    max_request_bytes: int = Field(
+        2 * 1024 * 1024, ge=1024, description="largest JSON request body accepted, in bytes (uploads use E4SREC_MAX_UPLOAD_BYTES)"
+    )
     max_batch_size: int = Field(16, ge=1, description="maximum number of requests per forward pass")
     max_wait_ms: float = Field(5.0, ge=0, description="maximum time a request waits for others to join its batch, in ms")
     max_queue: int = Field(256, ge=1, description="maximum number of waiting requests; beyond it requests get 503 with Retry-After")

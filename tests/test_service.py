@@ -171,3 +171,13 @@ def test_history_routes_reject_unknown_bundle(tiny_server):
     assert read.status_code == 404
     assert delete.status_code == 404
     assert "not installed" in read.json()["detail"]
+
+
+def test_oversized_json_body_gets_413(tiny_server):
+    content = b'{"bundle": "toy", "history": [' + b"1, " * 1_000_000 + b"1]}"
+
+    response = httpx.post(f"{tiny_server.url}/recommend", content=content, headers={"content-type": "application/json"}, timeout=30)
+
+    assert response.status_code == 413
+    assert "E4SREC_MAX_REQUEST_BYTES" in response.json()["detail"]
+    assert _recommend(tiny_server, bundle="toy", history=[1], k=1).status_code == 200
