@@ -85,9 +85,9 @@ class Backbone:
             return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
         # NOTE: a backbone folder without a tokenizer (the tiny test backbones)
-        # falls back to UTF-8 bytes folded into the vocabulary; such token IDs
-        # carry no meaning for the model, but they are stored in the bundle, so
-        # training and serving still see the same prompt.
+        # falls back to UTF-8 bytes folded into the vocabulary. Such token IDs
+        # carry no meaning for the model. They are stored in the bundle, so
+        # training and serving still use the same prompt.
         vocab_size = self.model.config.vocab_size
         return [byte % vocab_size for byte in text.encode("utf-8")]
 

@@ -285,7 +285,7 @@ def read_bundle(folder: Path, expected_fingerprint: str | None = None) -> Bundle
 def instantiate(backbone: Backbone, bundle: Bundle, adapter_name: str | None = None) -> E4SRec:
     """Attach ``bundle`` to ``backbone`` and return its ready-to-serve module.
 
-    ``adapter_name`` defaults to ``name--version``; a registry that may hold the
+    ``adapter_name`` defaults to ``name--version``. A registry that may hold the
     same version twice (a reload while the old copy finishes its requests)
     passes a unique one. On failure nothing stays attached.
     """

@@ -43,7 +43,7 @@ class SequenceData:
 
 @dataclass(frozen=True)
 class EvalCase:
-    """One user's evaluation case: the history the model sees and the held-out target."""
+    """One user's evaluation case: the history given to the model and the held-out target."""
 
     history: list[int]
     target: int
@@ -53,7 +53,7 @@ class EvalCase:
 class LeaveOneOutSplit:
     """Leave-one-out split: last item for test, second-to-last for validation.
 
-    ``train`` holds each user's sequence without its last two items. Users with
+    ``train`` contains each user's sequence without its last two items. Users with
     fewer than three items contribute only to ``train``.
     """
 

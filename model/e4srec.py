@@ -238,7 +238,7 @@ class E4SRec(nn.Module):
     def training_loss(self, sequences: list[list[int]]) -> tuple[torch.Tensor, int]:
         """Softmax cross-entropy over all items, supervising every position at once.
 
-        The backbone is causal, so the state at history position t only sees
+        The backbone is causal, so the state at history position t depends only on
         items up to t and can be trained to predict item t + 1: one forward pass
         over a sequence yields a target per item instead of one per prefix.
         With response tokens, the last response position is also trained on

@@ -1,8 +1,9 @@
 """``e4srec train``: train an E4SRec bundle on one data set.
 
-The backbone stays frozen; the ID table is frozen and taken from the SASRec
-stage (``e4srec pretrain-ids``); the projector, LoRA adapter and scoring head
-are trained with softmax cross-entropy over all items.
+The backbone stays frozen. The ID table comes from the SASRec stage
+(``e4srec pretrain-ids``) and is frozen unless ``--train-ids`` is given. The
+projector, LoRA adapter and scoring head are trained with softmax
+cross-entropy over all items.
 """
 
 from __future__ import annotations

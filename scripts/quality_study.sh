@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Ablation study on a fixed share of the training users (always the full test
-# split), on the embedded SmolLM2 backbone. DATA is the folder that holds
+# split), on the embedded SmolLM2 backbone. DATA is the folder that contains
 # beauty/sequences.txt and toys/sequences.txt; results go to runs/study/.
 #
 #   DATA=/path/to/data bash scripts/quality_study.sh
