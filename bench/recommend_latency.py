@@ -1,10 +1,9 @@
 """Compare POST /recommend latency with a bare forward pass of the same backbone.
 
-Both are measured in one run on the same histories: first the service,
-started here as an ``e4srec serve`` subprocess on a loopback port and called
-by one client at a time, then, after the service has stopped, the bare
-backbone decoder (no LoRA, no head) on inputs of the same length in this
-process. The ratio is the service's overhead factor over the forward pass
+Both are measured in one run on the same histories. First the service runs
+as an ``e4srec serve`` subprocess on a loopback port, called by one client at
+a time. After the service has stopped, the bare backbone decoder (no LoRA, no
+head) runs in this process on inputs of the same length. The ratio is the service's overhead factor over the forward pass
 that it cannot avoid.
 
     .venv/bin/python bench/recommend_latency.py --requests 200
@@ -14,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import random
 import statistics
 import sys
 import time
@@ -24,21 +21,10 @@ from pathlib import Path
 import httpx
 import torch
 
-from common import REPO_ROOT
+from common import REPO_ROOT, machine, make_histories, percentile
 from model.backbone import BackboneSettings, load_backbone
 from model.bundle import read_manifest
 from tests.server_process import RunningServer
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def make_histories(count: int, length: int, num_items: int, seed: int) -> list[list[int]]:
-    rng = random.Random(seed)
-    return [rng.sample(range(1, num_items + 1), length) for _ in range(count)]
 
 
 def measure_service(args, histories: list[list[int]], log_path: Path) -> list[float]:
@@ -117,7 +103,7 @@ def main() -> int:
     if args.output:
         args.output.write_text(json.dumps({
             "command": " ".join(sys.argv),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+            "machine": machine(),
             "requests": args.requests,
             "history_length": args.history_length,
             "dtype": args.dtype,

@@ -239,8 +239,8 @@ class E4SRec(nn.Module):
         """Softmax cross-entropy over all items, supervising every position at once.
 
         The backbone is causal, so the state at history position t depends only on
-        items up to t and can be trained to predict item t + 1: one forward pass
-        over a sequence yields a target per item instead of one per prefix.
+        items up to t and can be trained to predict item t + 1. One forward pass
+        over a sequence therefore yields a target per item instead of one per prefix.
         With response tokens, the last response position is also trained on
         the final item, which is the position that serving reads.
         Returns the mean loss and the number of targets.

@@ -314,14 +314,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-ids", action="store_true", help="fine-tune the ID table instead of keeping it frozen")
     parser.add_argument("--name", required=True, help="bundle name (a-z, 0-9, '-', '_')")
     parser.add_argument("--output", required=True, help="bundle folder to write, for example adapters/NAME")
+
     parser.add_argument("--max-history-length", type=int, default=20, help="most recent items the model sees")
     parser.add_argument("--instruction", default=DEFAULT_INSTRUCTION, help="prompt text before the history")
     parser.add_argument("--response", default="", help="prompt text after the history (empty: score at the last item)")
     parser.add_argument("--head", default=HEAD_TIED, choices=[HEAD_TIED, HEAD_LINEAR], help="tied: dot product with the ID table; linear: one output per item")
+
     parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
     parser.add_argument("--lora-alpha", type=int, default=16, help="LoRA scaling alpha")
     parser.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout")
     parser.add_argument("--lora-targets", default=",".join(DEFAULT_TARGET_MODULES), help="comma-separated module names that get LoRA")
+
     parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate, reached after the warm-up")
     parser.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant"], help="after warm-up: cosine decay to 10%% of --lr, or constant")
     parser.add_argument("--eval-every", type=int, default=None, help="evaluate on validation users every N steps and keep the best weights")
@@ -331,10 +334,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=float, default=1.0, help="passes over the training sequences (fractions allowed)")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes (checkpointed)")
     parser.add_argument("--max-train-users", type=int, default=None, help="train on a fixed random sample of this many users")
+
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (use with --dtype bfloat16 for speed)")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass to save memory")
     parser.add_argument("--checkpoint-dir", default=None, help="save resumable checkpoints here; an existing checkpoint is resumed")
     parser.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints")
+
     parser.add_argument("--eval-split", default="test", choices=["valid", "test"], help="split for the final evaluation")
     parser.add_argument("--eval-users", type=int, default=None, help="evaluate a fixed random sample of this many users (default: all)")
     parser.add_argument("--eval-batch-size", type=int, default=64, help="histories per evaluation forward pass")

@@ -16,6 +16,8 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+
+        # HTTP
         self.http_requests = Counter(
             "e4srec_http_requests", "HTTP requests by route template, method and status code.",
             ["route", "method", "status"], registry=self.registry,
@@ -24,6 +26,8 @@ class ServiceMetrics:
             "e4srec_http_request_duration_seconds", "HTTP request latency from first byte to response.",
             ["route", "method"], buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
+
+        # Micro-batching and forward passes
         self.queue_wait = Histogram(
             "e4srec_queue_wait_seconds", "Time a recommendation request waits for its forward pass to start.",
             buckets=_LATENCY_BUCKETS, registry=self.registry,
@@ -39,6 +43,8 @@ class ServiceMetrics:
         self.queue_depth = Gauge(
             "e4srec_queue_depth", "Recommendation requests waiting for a forward pass.", registry=self.registry,
         )
+
+        # Bundle residency and uploads
         self.resident_bundles = Gauge(
             "e4srec_resident_bundles", "Bundles loaded on the backbone.", registry=self.registry,
         )
@@ -48,6 +54,12 @@ class ServiceMetrics:
         self.bundle_evictions = Counter(
             "e4srec_bundle_evictions", "Bundles removed from the backbone's memory.", ["bundle"], registry=self.registry,
         )
+        self.bundle_uploads = Counter(
+            "e4srec_bundle_uploads", "Bundle uploads by result (installed, rejected) and rejection reason.",
+            ["result", "reason"], registry=self.registry,
+        )
+
+        # Prefix and response caches, Redis
         self.prefix_cache_hits = Counter(
             "e4srec_prefix_cache_hits", "Forward passes that reused the cached instruction prefix.",
             registry=self.registry,
@@ -55,10 +67,6 @@ class ServiceMetrics:
         self.prefix_cache_misses = Counter(
             "e4srec_prefix_cache_misses", "Forward passes that had to compute the instruction prefix.",
             registry=self.registry,
-        )
-        self.bundle_uploads = Counter(
-            "e4srec_bundle_uploads", "Bundle uploads by result (installed, rejected) and rejection reason.",
-            ["result", "reason"], registry=self.registry,
         )
         self.response_cache_hits = Counter(
             "e4srec_response_cache_hits", "Recommendations answered from the response cache.", registry=self.registry,
@@ -70,6 +78,8 @@ class ServiceMetrics:
             "e4srec_redis_errors", "Failed Redis operations by operation; cache operations are then bypassed.",
             ["operation"], registry=self.registry,
         )
+
+        # Back-pressure
         self.rejected_requests = Counter(
             "e4srec_rejected_requests", "Requests rejected before a forward pass, by reason.",
             ["reason"], registry=self.registry,

@@ -22,7 +22,7 @@ def test_folder_source_reads_sequences_txt(tmp_path):
     assert read_interactions(tmp_path).sequences == [[1, 2, 3]]
 
 
-def test_csv_orders_by_timestamp_keeping_ties_in_file_order(tmp_path):
+def test_csv_sorts_by_timestamp_stably(tmp_path):
     path = tmp_path / "events.csv"
     path.write_text("user_id,item_id,timestamp\nu1,5,30\nu1,3,10\nu1,9,20\nu1,4,20\nu2,1,1\n")
 

@@ -257,7 +257,7 @@ def test_invalid_uploads_change_nothing(server, trained_bundle_dir, repository, 
         assert sorted(path.name for path in repository.iterdir()) == ["toy"], case
 
 
-def test_body_over_limit_gets_413_and_leaves_no_files(server, repository):
+def test_oversized_upload_gets_413(server, repository):
     body = b"x" * (UPLOAD_LIMIT + 1)
 
     declared = _put(server, "toy", body)

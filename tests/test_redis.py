@@ -128,7 +128,7 @@ def test_cache_hits_on_repeat_and_misses_after_replacement(tiny_backbone_dir, tr
     assert "e4srec_response_cache_hits_total 1.0" in metrics
 
 
-def test_upload_on_one_replica_is_served_by_the_other(tiny_backbone_dir, trained_bundle_dir, repository, tmp_path, redis_server):
+def test_upload_reaches_other_replica(tiny_backbone_dir, trained_bundle_dir, repository, tmp_path, redis_server):
     first = _service(tiny_backbone_dir, repository, tmp_path, redis_server.url, name="a")
     second = _service(tiny_backbone_dir, repository, tmp_path, redis_server.url, name="b")
     try:
@@ -145,10 +145,10 @@ def test_upload_on_one_replica_is_served_by_the_other(tiny_backbone_dir, trained
 
         deleted = httpx.delete(f"{first.url}/adapters/toy", headers=AUTH)
         deadline = time.monotonic() + 15
-        gone = _recommend(second, history=[1, 2])
-        while gone.status_code != 404 and time.monotonic() < deadline:
+        after_delete = _recommend(second, history=[1, 2])
+        while after_delete.status_code != 404 and time.monotonic() < deadline:
             time.sleep(0.2)
-            gone = _recommend(second, history=[1, 2])
+            after_delete = _recommend(second, history=[1, 2])
     finally:
         first.stop()
         second.stop()
@@ -158,7 +158,7 @@ def test_upload_on_one_replica_is_served_by_the_other(tiny_backbone_dir, trained
     assert served == new
     assert [(adapter["name"], adapter["version"]) for adapter in listing] == [("toy", new)]
     assert deleted.status_code == 200
-    assert gone.status_code == 404
+    assert after_delete.status_code == 404
 
 
 def test_redis_outage_and_recovery(tiny_backbone_dir, repository, tmp_path, redis_server):

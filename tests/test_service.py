@@ -122,7 +122,7 @@ def test_unknown_bundle_gets_404(tiny_server, name):
     [(b"not json", "application/json"), (b"{\"bundle\": \"toy\", ", "application/json"), (b"[1, 2]", "application/json"), (b"", "application/json")],
     ids=["text", "truncated", "array", "empty"],
 )
-def test_body_that_is_not_a_json_object_gets_4xx(tiny_server, content, content_type):
+def test_non_object_body_gets_4xx(tiny_server, content, content_type):
     response = httpx.post(f"{tiny_server.url}/recommend", content=content, headers={"content-type": content_type}, timeout=30)
 
     assert 400 <= response.status_code < 500
