@@ -56,6 +56,7 @@ class BestState:
 
         module.load_bundle_tensors(self.module_tensors)
         set_peft_model_state_dict(backbone.peft_model, self.lora_tensors, adapter_name=adapter_name)
+        module.drop_prefix_cache()
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

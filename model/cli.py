@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from functools import partial
 from pathlib import Path
 
 from model.metrics import format_metrics_table
@@ -86,7 +87,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cases = split.cases(args.split)
     if args.max_users is not None:
         cases = cases[: args.max_users]
-    metrics = evaluate_full_ranking(module.score_histories, cases, batch_size=args.batch_size, progress=not args.quiet)
+    score = partial(module.score_histories, use_prefix_cache=True)
+    metrics = evaluate_full_ranking(score, cases, batch_size=args.batch_size, progress=not args.quiet)
     print(format_metrics_table({f"{bundle.manifest.name}@{bundle.manifest.version} ({args.split})": metrics}))
     _write_json(args.output, {"bundle": bundle.manifest.name, "version": bundle.manifest.version, "split": args.split, **metrics})
     return 0

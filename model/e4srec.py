@@ -102,7 +102,11 @@ class E4SRec(nn.Module):
     def train(self, mode: bool = True) -> E4SRec:
         # The LoRA layers live in the shared backbone, outside this module's
         # children, so their dropout follows this module's mode explicitly.
+        # Training changes the LoRA weights the instruction's keys and values
+        # depend on, so a cached prefix is dropped here.
         super().train(mode)
+        if mode:
+            self.drop_prefix_cache()
         if self.backbone.peft_model is not None:
             self.backbone.peft_model.train(mode)
         return self
@@ -179,6 +183,10 @@ class E4SRec(nn.Module):
 
     def prefix_cached(self) -> bool:
         return self._prefix_key_values is not None
+
+    def drop_prefix_cache(self) -> None:
+        """Forget the instruction's keys and values; call after changing LoRA weights."""
+        self._prefix_key_values = None
 
     def _prefix_cache(self, batch_size: int) -> DynamicCache:
         """Return a key/value cache of the instruction tokens, repeated for ``batch_size`` rows.

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from model.data import LeaveOneOutSplit
+from model.data import LeaveOneOutSplit, length_bucketed_batches
 from model.evaluate import evaluate_full_ranking
 from model.sasrec import SASRec, SASRecConfig, left_pad
 
@@ -48,7 +48,8 @@ def seed_everything(seed: int) -> None:
 def _training_batch(sequences: list[list[int]], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
     inputs = [sequence[:-1][-max_length:] for sequence in sequences]
     targets = [sequence[1:][-max_length:] for sequence in sequences]
-    return left_pad(inputs, max_length), left_pad(targets, max_length)
+    length = max(len(sequence) for sequence in inputs)
+    return left_pad(inputs, length), left_pad(targets, length)
 
 
 def pretrain_ids(split: LeaveOneOutSplit, output_dir: Path, options: PretrainOptions) -> dict:
@@ -79,11 +80,10 @@ def pretrain_ids(split: LeaveOneOutSplit, output_dir: Path, options: PretrainOpt
     started = time.monotonic()
     for epoch in range(1, options.max_epochs + 1):
         model.train()
-        random.shuffle(sequences)
         total_loss, steps = 0.0, 0
-        batches = range(0, len(sequences), options.batch_size)
-        for start in tqdm(batches, desc=f"sasrec epoch {epoch}", unit="batch", leave=False):
-            inputs, targets = _training_batch(sequences[start : start + options.batch_size], options.max_length)
+        batches = length_bucketed_batches(sequences, options.batch_size, seed=options.seed * 1000 + epoch)
+        for batch in tqdm(batches, desc=f"sasrec epoch {epoch}", unit="batch", leave=False):
+            inputs, targets = _training_batch(batch, options.max_length)
             inputs, targets = inputs.to(device), targets.to(device)
             states = model(inputs)
             supervised = targets != 0

@@ -52,18 +52,28 @@ class SASRec(nn.Module):
             self.item_embeddings.weight[PADDING_ID].zero_()
 
     def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
-        """Encode right-aligned (left-padded) item IDs into one state per position."""
+        """Encode right-aligned (left-padded) item IDs into one state per position.
+
+        ``item_ids`` may be shorter than ``max_length``: positions count back
+        from the last item, so a batch trimmed to its longest history gives
+        the same states as one padded to ``max_length``.
+        """
         length = item_ids.shape[1]
-        positions = torch.arange(length, device=item_ids.device).unsqueeze(0)
+        if length > self.config.max_length:
+            raise ValueError(f"{length} positions exceed max_length {self.config.max_length}; keep the most recent items")
+        first = self.config.max_length - length
+        positions = torch.arange(first, self.config.max_length, device=item_ids.device).unsqueeze(0)
         hidden = self.item_embeddings(item_ids) * self.config.hidden_size**0.5 + self.position_embeddings(positions)
         padding = item_ids == PADDING_ID
         hidden = self.dropout(hidden) * (~padding).unsqueeze(-1)
 
-        # Padding keys are not masked (as in the original SASRec): every
-        # sequence is left-padded to max_length, so training and scoring see
-        # the same layout, and no query row is ever left with zero keys.
+        # A query attends to earlier non-padding items and to itself, so a
+        # padding row keeps one key. Its output is zeroed below.
         causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=item_ids.device), diagonal=1)
-        hidden = self.encoder(hidden, mask=causal)
+        itself = torch.eye(length, dtype=torch.bool, device=item_ids.device)
+        blocked = causal | (padding.unsqueeze(1) & ~itself)
+        blocked = blocked.repeat_interleave(self.config.num_heads, dim=0)
+        hidden = self.encoder(hidden, mask=blocked)
         hidden = hidden * (~padding).unsqueeze(-1)
         return self.final_norm(hidden)
 
@@ -71,7 +81,8 @@ class SASRec(nn.Module):
         return states @ self.item_embeddings.weight.T
 
     def full_sort_predict(self, histories: list[list[int]]) -> torch.Tensor:
-        item_ids = left_pad([history[-self.config.max_length :] for history in histories], self.config.max_length)
+        recent = [history[-self.config.max_length :] for history in histories]
+        item_ids = left_pad(recent, max(1, *(len(history) for history in recent)))
         item_ids = item_ids.to(self.item_embeddings.weight.device)
         return self.item_logits(self.forward(item_ids)[:, -1])
 

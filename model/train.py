@@ -18,6 +18,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from model.backbone import Backbone, BackboneSettings, load_backbone
 from model.bundle import write_bundle
 from model.checkpoint import BestState, TrainingState, load_checkpoint, save_checkpoint
-from model.data import LeaveOneOutSplit, leave_one_out, read_interactions
+from model.data import LeaveOneOutSplit, leave_one_out, length_bucketed_batches, read_interactions
 from model.distributed import DistributedContext
 from model.e4srec import DEFAULT_INSTRUCTION, HEAD_LINEAR, HEAD_TIED, E4SRec, E4SRecConfig
 from model.evaluate import evaluate_full_ranking
@@ -84,20 +85,6 @@ def load_id_table(path: Path, num_items: int) -> torch.Tensor:
             f"(expected {num_items + 1} rows including padding row 0); pretrain on the same data"
         )
     return table
-
-
-def length_bucketed_batches(sequences: list[list[int]], batch_size: int, seed: int) -> list[list[list[int]]]:
-    """Group sequences of similar length into batches, in a seeded random order.
-
-    Most histories are short, so sorting by length before batching keeps
-    padding, and the compute it wastes, small. A short random jitter on the
-    length lets neighbours mix between epochs.
-    """
-    rng = random.Random(seed)
-    order = sorted(range(len(sequences)), key=lambda index: (len(sequences[index]), rng.random()))
-    batches = [[sequences[index] for index in order[start : start + batch_size]] for start in range(0, len(order), batch_size)]
-    rng.shuffle(batches)
-    return batches
 
 
 def _learning_rate_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
@@ -233,7 +220,7 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
         if options.eval_every is not None and state.step % options.eval_every == 0 and distributed.is_main:
             module.eval()
             with autocast:
-                valid = evaluate_full_ranking(module.score_histories, valid_cases, batch_size=options.eval_batch_size, progress=False)
+                valid = evaluate_full_ranking(partial(module.score_histories, use_prefix_cache=True), valid_cases, batch_size=options.eval_batch_size, progress=False)
             module.train()
             state.valid_curve.append({"step": state.step, "hr_at_10": valid["hr_at_10"], "ndcg_at_10": valid["ndcg_at_10"]})
             progress.write(f"step {state.step}: valid NDCG@10 {valid['ndcg_at_10']:.4f}, HR@10 {valid['hr_at_10']:.4f}")
@@ -272,7 +259,7 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
         cases = random.Random(0).sample(cases, options.eval_users)
     with autocast:
         metrics = evaluate_full_ranking(
-            module.score_histories, cases, batch_size=options.eval_batch_size,
+            partial(module.score_histories, use_prefix_cache=True), cases, batch_size=options.eval_batch_size,
             progress=options.progress, description=f"evaluate {options.name} ({options.eval_split})",
         )
     logger.info("bundle %s %s metrics:\n%s", options.name, options.eval_split, format_metrics_table({options.name: metrics}))

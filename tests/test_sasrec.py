@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from model.sasrec import SASRec, SASRecConfig, left_pad
+
+
+def _model() -> SASRec:
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(num_items=30, hidden_size=16, num_blocks=2, num_heads=2, max_length=12, dropout=0.0))
+    return model.eval()
+
+
+def test_trimmed_batch_matches_padded_batch():
+    model = _model()
+    histories = [[3, 4, 5], [7, 8, 9, 10, 11], [2]]
+
+    with torch.no_grad():
+        trimmed = model(left_pad(histories, 5))
+        padded = model(left_pad(histories, 12))
+
+    assert torch.allclose(trimmed, padded[:, -5:], atol=1e-5)
+
+
+def test_padding_leaves_scores_unchanged():
+    model = _model()
+
+    with torch.no_grad():
+        alone = model.full_sort_predict([[4, 5, 6]])
+        beside_a_longer_one = model.full_sort_predict([[4, 5, 6], [1, 2, 3, 4, 5, 6, 7, 8, 9]])[:1]
+
+    assert torch.allclose(alone, beside_a_longer_one, atol=1e-5)
+
+
+def test_forward_rejects_history_above_max_length():
+    model = _model()
+
+    with pytest.raises(ValueError, match="exceed max_length 12"):
+        model(left_pad([list(range(1, 14))], 13))
