@@ -11,17 +11,23 @@ from pathlib import Path
 from common import REPO_ROOT  # noqa: F401 - puts the repository on sys.path
 from model.bundle import read_manifest
 
+METRICS = ("hr_at_5", "hr_at_10", "hr_at_20", "ndcg_at_5", "ndcg_at_10", "ndcg_at_20")
+
 
 def main() -> int:
-    print("| bundle | train users | HR@5 | HR@10 | HR@20 | NDCG@5 | NDCG@10 | NDCG@20 | training time | trainable parameters |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    header = "| bundle | train users | best step / steps | HR@5 | HR@10 | HR@20 | NDCG@5 | NDCG@10 | NDCG@20 | training time | trainable parameters |"
+    print(header)
+    print("|---" * header.count(" | ") + "|---|")
     for folder in sys.argv[1:]:
         manifest = read_manifest(Path(folder))
         test = manifest.metrics["test"]
         training = manifest.training
-        values = " | ".join(f"{test[key]:.4f}" for key in ("hr_at_5", "hr_at_10", "hr_at_20", "ndcg_at_5", "ndcg_at_10", "ndcg_at_20"))
+        values = " | ".join(f"{test[key]:.4f}" for key in METRICS)
+        best_step = training.get("best_step") or training["steps"]
         minutes = training["training_time_s"] / 60
-        print(f"| {manifest.name} | {training['train_users']} | {values} | {minutes:.1f} min | {training['trainable_parameters']:,} |")
+        row = [manifest.name, f"{training['train_users']:,}", f"{best_step} / {training['steps']}", values,
+               f"{minutes:.1f} min", f"{training['trainable_parameters']:,}"]
+        print("| " + " | ".join(row) + " |")
     return 0
 
 

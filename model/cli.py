@@ -138,6 +138,14 @@ def cmd_plot_training(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot_pretrain(args: argparse.Namespace) -> int:
+    from model.plots import plot_pretrain_curves
+
+    output = plot_pretrain_curves([Path(folder) for folder in args.runs], Path(args.output))
+    print(f"wrote {output}")
+    return 0
+
+
 def cmd_prepare_backbone(args: argparse.Namespace) -> int:
     from model.backbone import BackboneSettings, load_backbone
 
@@ -213,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("bundles", nargs="+", help="bundle folders")
     plot.add_argument("-o", "--output", required=True, help="PNG file to write")
     plot.set_defaults(handler=cmd_plot_training)
+
+    plot_pretrain = commands.add_parser("plot-pretrain", help="plot the SASRec curves recorded by pretrain-ids runs")
+    plot_pretrain.add_argument("runs", nargs="+", help="pretrain-ids output folders (with metrics.json)")
+    plot_pretrain.add_argument("-o", "--output", required=True, help="PNG file to write")
+    plot_pretrain.set_defaults(handler=cmd_plot_pretrain)
 
     bundle = commands.add_parser("bundle", help="bundle tools")
     bundle_commands = bundle.add_subparsers(dest="bundle_command", required=True)

@@ -1,7 +1,8 @@
-"""Training-curve plots from bundle manifests."""
+"""Training-curve plots from bundle manifests and SASRec run metrics."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -33,6 +34,34 @@ def plot_training_curves(bundle_dirs: list[Path], output: Path) -> Path:
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=8)
+    figure.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=120)
+    plt.close(figure)
+    return output
+
+
+def plot_pretrain_curves(run_dirs: list[Path], output: Path) -> Path:
+    """Plot training loss and validation HR@10 / NDCG@10 per epoch of SASRec runs (``pretrain-ids`` folders)."""
+    figure, (loss_axis, hr_axis, ndcg_axis) = plt.subplots(1, 3, figsize=(15, 4))
+    for folder in run_dirs:
+        metrics_file = folder / "metrics.json"
+        if not metrics_file.is_file():
+            raise FileNotFoundError(f"{metrics_file} does not exist; pass folders written by e4srec pretrain-ids")
+        metrics = json.loads(metrics_file.read_text())
+        label = f"{folder.name} (seed {metrics['options']['seed']})"
+        epochs = [point["epoch"] for point in metrics["history"]]
+        loss_axis.plot(epochs, [point["loss"] for point in metrics["history"]], label=label)
+        hr_axis.plot(epochs, [point["valid"]["hr_at_10"] for point in metrics["history"]], label=label)
+        ndcg_axis.plot(epochs, [point["valid"]["ndcg_at_10"] for point in metrics["history"]], label=label)
+        ndcg_axis.axvline(metrics["best_epoch"], color=ndcg_axis.get_lines()[-1].get_color(), linestyle=":", alpha=0.6)
+
+    loss_axis.set(title="training loss (softmax cross-entropy)", xlabel="epoch", ylabel="loss")
+    hr_axis.set(title="validation HR@10", xlabel="epoch", ylabel="HR@10")
+    ndcg_axis.set(title="validation NDCG@10 (dotted: kept epoch)", xlabel="epoch", ylabel="NDCG@10")
+    for axis in (loss_axis, hr_axis, ndcg_axis):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
     figure.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=120)

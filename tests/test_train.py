@@ -122,3 +122,22 @@ def test_plot_training_writes_png(trained_bundle_dir, tmp_path):
 
     assert main(["plot-training", str(trained_bundle_dir), "-o", str(output)]) == 0
     assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_pretrain_writes_png(synthetic_ids, tmp_path):
+    from model.cli import main
+
+    output = tmp_path / "sasrec.png"
+
+    assert main(["plot-pretrain", str(synthetic_ids), "-o", str(output)]) == 0
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_pretrain_rejects_folder_without_metrics(tmp_path, capsys):
+    from model.cli import main
+
+    status = main(["plot-pretrain", str(tmp_path), "-o", str(tmp_path / "sasrec.png")])
+
+    assert status == 2
+    assert "metrics.json does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "sasrec.png").exists()
