@@ -30,15 +30,7 @@ def plot_training_curves(bundle_dirs: list[Path], output: Path) -> Path:
                         transform=valid_axis.transAxes, color="gray")
     loss_axis.set(title="training loss (softmax cross-entropy)", xlabel="step", ylabel="loss")
     valid_axis.set(title="validation NDCG@10", xlabel="step", ylabel="NDCG@10")
-    for axis in (loss_axis, valid_axis):
-        axis.grid(alpha=0.3)
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=8)
-    figure.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=120)
-    plt.close(figure)
-    return output
+    return _save(figure, output)
 
 
 def plot_pretrain_curves(run_dirs: list[Path], output: Path) -> Path:
@@ -59,9 +51,14 @@ def plot_pretrain_curves(run_dirs: list[Path], output: Path) -> Path:
     loss_axis.set(title="training loss (softmax cross-entropy)", xlabel="epoch", ylabel="loss")
     hr_axis.set(title="validation HR@10", xlabel="epoch", ylabel="HR@10")
     ndcg_axis.set(title="validation NDCG@10 (dotted: kept epoch)", xlabel="epoch", ylabel="NDCG@10")
-    for axis in (loss_axis, hr_axis, ndcg_axis):
+    return _save(figure, output)
+
+
+def _save(figure: plt.Figure, output: Path) -> Path:
+    for axis in figure.axes:
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
     figure.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=120)
