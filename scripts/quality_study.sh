@@ -47,6 +47,8 @@ row beauty-lora-attention "${beauty[@]}" --lora-targets q_proj,k_proj,v_proj,o_p
 row beauty-history-50 "${beauty[@]}" --max-history-length 50
 # Constant learning rate after the warm-up instead of cosine decay.
 row beauty-constant-lr "${beauty[@]}" --lr-schedule constant
+# The two changes that scored best alone: constant learning rate and rank 16.
+row beauty-constant-lr-r16 "${beauty[@]}" --lr-schedule constant --lora-r 16 --lora-alpha 32
 # No LoRA dropout.
 row beauty-lora-dropout-0 "${beauty[@]}" --lora-dropout 0
 # The default configuration on Toys.
