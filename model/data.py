@@ -14,7 +14,6 @@ Item IDs must be integers from 1 to the item count; 0 is the padding ID.
 from __future__ import annotations
 
 import csv
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,17 +149,3 @@ def _finish(sequences: list[list[int]], source: str) -> SequenceData:
         raise DataFormatError(f"{source}: no interactions found")
     num_items = max(max(sequence) for sequence in sequences if sequence)
     return SequenceData(sequences=sequences, num_items=num_items, source=source)
-
-
-def length_bucketed_batches(sequences: list[list[int]], batch_size: int, seed: int) -> list[list[list[int]]]:
-    """Group sequences of similar length into batches, in a seeded random order.
-
-    Most histories are short, so sorting by length before batching keeps
-    padding, and the compute it wastes, small. A short random jitter on the
-    length lets neighbours mix between epochs.
-    """
-    rng = random.Random(seed)
-    order = sorted(range(len(sequences)), key=lambda index: (len(sequences[index]), rng.random()))
-    batches = [[sequences[index] for index in order[start : start + batch_size]] for start in range(0, len(order), batch_size)]
-    rng.shuffle(batches)
-    return batches

@@ -185,7 +185,7 @@ class E4SRec(nn.Module):
         return self._prefix_key_values is not None
 
     def drop_prefix_cache(self) -> None:
-        """Forget the instruction's keys and values; call after changing LoRA weights."""
+        """Forget the cached keys and values of the instruction. Call this after changing LoRA weights."""
         self._prefix_key_values = None
 
     def _prefix_cache(self, batch_size: int) -> DynamicCache:

@@ -50,7 +50,7 @@ def plot_pretrain_curves(run_dirs: list[Path], output: Path) -> Path:
 
     loss_axis.set(title="training loss (softmax cross-entropy)", xlabel="epoch", ylabel="loss")
     hr_axis.set(title="validation HR@10", xlabel="epoch", ylabel="HR@10")
-    ndcg_axis.set(title="validation NDCG@10 (dotted: kept epoch)", xlabel="epoch", ylabel="NDCG@10")
+    ndcg_axis.set(title="validation NDCG@10 (dotted: best epoch)", xlabel="epoch", ylabel="NDCG@10")
     return _save(figure, output)
 
 

@@ -60,7 +60,7 @@ class SASRec(nn.Module):
         """
         length = item_ids.shape[1]
         if length > self.config.max_length:
-            raise ValueError(f"{length} positions exceed max_length {self.config.max_length}; keep the most recent items")
+            raise ValueError(f"item_ids has {length} positions, above max_length {self.config.max_length}. Pass only the most recent items.")
         first = self.config.max_length - length
         positions = torch.arange(first, self.config.max_length, device=item_ids.device).unsqueeze(0)
         hidden = self.item_embeddings(item_ids) * self.config.hidden_size**0.5 + self.position_embeddings(positions)
@@ -81,6 +81,8 @@ class SASRec(nn.Module):
         return states @ self.item_embeddings.weight.T
 
     def full_sort_predict(self, histories: list[list[int]]) -> torch.Tensor:
+        if not histories:
+            return self.item_embeddings.weight.new_empty((0, self.config.num_items + 1))
         recent = [history[-self.config.max_length :] for history in histories]
         item_ids = left_pad(recent, max(1, *(len(history) for history in recent)))
         item_ids = item_ids.to(self.item_embeddings.weight.device)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from model.backbone import Backbone, BackboneSettings, load_backbone
 from model.bundle import write_bundle
 from model.checkpoint import BestState, TrainingState, load_checkpoint, save_checkpoint
-from model.data import LeaveOneOutSplit, leave_one_out, length_bucketed_batches, read_interactions
+from model.data import LeaveOneOutSplit, leave_one_out, read_interactions
 from model.distributed import DistributedContext
 from model.e4srec import DEFAULT_INSTRUCTION, HEAD_LINEAR, HEAD_TIED, E4SRec, E4SRecConfig
 from model.evaluate import evaluate_full_ranking
@@ -62,7 +62,7 @@ class TrainOptions:
     train_ids: bool = False
     random_id_dim: int = 64
     # NOTE: on 125-step Beauty runs "constant" beat "cosine" by 0.0086 test
-    # HR@10 (docs/quality.md). Whether that holds over full epochs is not measured.
+    # HR@10 (docs/quality.md). Whether the gain remains over full epochs is not measured.
     lr_schedule: str = "cosine"
     eval_every: int | None = None
     valid_users: int = 2000
@@ -87,6 +87,20 @@ def load_id_table(path: Path, num_items: int) -> torch.Tensor:
             f"(expected {num_items + 1} rows including padding row 0); pretrain on the same data"
         )
     return table
+
+
+def length_bucketed_batches(sequences: list[list[int]], batch_size: int, seed: int) -> list[list[list[int]]]:
+    """Group sequences of similar length into batches, in a seeded random order.
+
+    Most histories are short, so sorting by length before batching keeps
+    padding, and the compute it wastes, small. A short random jitter on the
+    length lets neighbours mix between epochs.
+    """
+    rng = random.Random(seed)
+    order = sorted(range(len(sequences)), key=lambda index: (len(sequences[index]), rng.random()))
+    batches = [[sequences[index] for index in order[start : start + batch_size]] for start in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
 
 
 def _learning_rate_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:

@@ -2,7 +2,7 @@
 # Ablation study on a fixed share of the training users (always the full test
 # split), on the embedded SmolLM2 backbone. DATA is the folder that contains
 # beauty/sequences.txt and toys/sequences.txt. Each row writes a bundle under
-# runs/study/; a row whose bundle already exists is skipped, so an interrupted
+# runs/study/. A row whose bundle already exists is skipped, so an interrupted
 # study resumes where it stopped.
 #
 #   DATA=/path/to/data bash scripts/quality_study.sh

@@ -34,5 +34,14 @@ def test_padding_leaves_scores_unchanged():
 def test_forward_rejects_history_above_max_length():
     model = _model()
 
-    with pytest.raises(ValueError, match="exceed max_length 12"):
+    with pytest.raises(ValueError, match="above max_length 12"):
         model(left_pad([list(range(1, 14))], 13))
+
+
+def test_empty_batch_scores_no_rows():
+    model = _model()
+
+    with torch.no_grad():
+        scores = model.full_sort_predict([])
+
+    assert scores.shape == (0, 31)

@@ -1,9 +1,8 @@
 import torch
 
 from model.bundle import instantiate, read_bundle, read_manifest
-from model.data import length_bucketed_batches
 from model.evaluate import evaluate_full_ranking
-from model.train import TrainOptions, train_bundle
+from model.train import TrainOptions, length_bucketed_batches, train_bundle
 from tests.conftest import NUM_SYNTHETIC_ITEMS
 
 
