@@ -45,3 +45,13 @@ def test_empty_batch_scores_no_rows():
         scores = model.full_sort_predict([])
 
     assert scores.shape == (0, 31)
+
+
+def test_positions_start_at_the_item_scale():
+    model = SASRec(SASRecConfig(num_items=500, hidden_size=64, max_length=50))
+
+    item_std = model.item_embeddings.weight[1:].std().item()
+    position_std = model.position_embeddings.weight.std().item()
+
+    assert 0.015 < item_std < 0.025
+    assert 0.015 < position_std < 0.025
