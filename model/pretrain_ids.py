@@ -30,10 +30,10 @@ class PretrainOptions:
     num_blocks: int = 2
     max_length: int = 50
     dropout: float = 0.5
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     batch_size: int = 128
     max_epochs: int = 200
-    patience: int = 5
+    patience: int = 10
     max_minutes: float | None = None
     seed: int = 0
     device: str = "cpu"
