@@ -38,6 +38,8 @@ def cmd_pretrain_ids(args: argparse.Namespace) -> int:
     options = PretrainOptions(
         hidden_size=args.hidden_size,
         num_blocks=args.num_blocks,
+        num_heads=args.num_heads,
+        feedforward_size=args.feedforward_size,
         max_length=args.max_length,
         dropout=args.dropout,
         learning_rate=args.lr,
@@ -181,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--output", required=True, help="output folder for item_embeddings.safetensors and metrics.json")
     pretrain.add_argument("--hidden-size", type=int, default=64, help="embedding size (id_dim of the bundles trained on it)")
     pretrain.add_argument("--num-blocks", type=int, default=2, help="self-attention blocks")
+    pretrain.add_argument("--num-heads", type=int, default=1, help="attention heads per block; must divide --hidden-size")
+    pretrain.add_argument("--feedforward-size", type=int, default=None, help="inner width of the feed-forward layers (default: --hidden-size)")
     pretrain.add_argument("--max-length", type=int, default=50, help="maximum history length in items")
     pretrain.add_argument("--dropout", type=float, default=0.5, help="dropout rate")
     pretrain.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
@@ -249,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args.log_level)
     try:
         return args.handler(args)
-    except (BackboneError, BundleError, DataFormatError, FileNotFoundError) as error:
+    except (BackboneError, BundleError, DataFormatError, FileNotFoundError, ValueError) as error:
         print(f"e4srec {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -28,6 +28,8 @@ ITEM_EMBEDDINGS_KEY = "item_embeddings"
 class PretrainOptions:
     hidden_size: int = 64
     num_blocks: int = 2
+    num_heads: int = 1
+    feedforward_size: int | None = None
     max_length: int = 50
     dropout: float = 0.5
     learning_rate: float = 2e-3
@@ -67,16 +69,18 @@ def pretrain_ids(split: LeaveOneOutSplit, output_dir: Path, options: PretrainOpt
     Writes the best model's item embedding table (row 0 is padding) and a
     metrics JSON into ``output_dir``; returns the metrics.
     """
-    seed_everything(options.seed)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(options.device)
     config = SASRecConfig(
         num_items=split.num_items,
         hidden_size=options.hidden_size,
         num_blocks=options.num_blocks,
+        num_heads=options.num_heads,
         max_length=options.max_length,
         dropout=options.dropout,
+        feedforward_size=options.feedforward_size,
     )
+    seed_everything(options.seed)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(options.device)
     model = SASRec(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
     sequences = [sequence for sequence in split.train if len(sequence) >= 2]

@@ -24,6 +24,13 @@ class SASRecConfig:
     num_heads: int = 1
     max_length: int = 50
     dropout: float = 0.5
+    feedforward_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_heads < 1 or self.hidden_size % self.num_heads:
+            raise ValueError(f"num_heads {self.num_heads} does not divide hidden_size {self.hidden_size}; pick a divisor such as 1, 2 or 4")
+        if self.feedforward_size is not None and self.feedforward_size < 1:
+            raise ValueError(f"feedforward_size {self.feedforward_size} is invalid; pass a positive width or leave it unset for hidden_size")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -39,7 +46,7 @@ class SASRec(nn.Module):
         layer = nn.TransformerEncoderLayer(
             d_model=config.hidden_size,
             nhead=config.num_heads,
-            dim_feedforward=config.hidden_size,
+            dim_feedforward=config.feedforward_size or config.hidden_size,
             dropout=config.dropout,
             activation="gelu",
             batch_first=True,

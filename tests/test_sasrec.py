@@ -55,3 +55,20 @@ def test_positions_start_at_the_item_scale():
 
     assert 0.015 < item_std < 0.025
     assert 0.015 < position_std < 0.025
+
+
+def test_config_rejects_heads_not_dividing_hidden():
+    with pytest.raises(ValueError, match="num_heads 3 does not divide hidden_size 64"):
+        SASRecConfig(num_items=10, hidden_size=64, num_heads=3)
+
+
+def test_config_rejects_zero_feedforward_size():
+    with pytest.raises(ValueError, match="feedforward_size 0 is invalid"):
+        SASRecConfig(num_items=10, feedforward_size=0)
+
+
+def test_feedforward_size_sets_inner_width():
+    model = SASRec(SASRecConfig(num_items=10, hidden_size=16, num_heads=2, feedforward_size=48))
+
+    assert model.encoder.layers[0].linear1.out_features == 48
+    assert model.encoder.layers[0].linear2.in_features == 48
