@@ -247,13 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     from model.backbone import BackboneError
     from model.bundle import BundleError
     from model.data import DataFormatError
+    from model.sasrec import SASRecConfigError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.log_level)
     try:
         return args.handler(args)
-    except (BackboneError, BundleError, DataFormatError, FileNotFoundError, ValueError) as error:
+    except (BackboneError, BundleError, DataFormatError, FileNotFoundError, SASRecConfigError) as error:
         print(f"e4srec {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model.sasrec import SASRec, SASRecConfig, left_pad
+from model.sasrec import SASRec, SASRecConfig, SASRecConfigError, left_pad
 
 
 def _model() -> SASRec:
@@ -47,7 +47,7 @@ def test_empty_batch_scores_no_rows():
     assert scores.shape == (0, 31)
 
 
-def test_positions_start_at_the_item_scale():
+def test_position_init_matches_items():
     model = SASRec(SASRecConfig(num_items=500, hidden_size=64, max_length=50))
 
     item_std = model.item_embeddings.weight[1:].std().item()
@@ -57,17 +57,17 @@ def test_positions_start_at_the_item_scale():
     assert 0.015 < position_std < 0.025
 
 
-def test_config_rejects_heads_not_dividing_hidden():
-    with pytest.raises(ValueError, match="num_heads 3 does not divide hidden_size 64"):
+def test_config_rejects_indivisible_heads():
+    with pytest.raises(SASRecConfigError, match="num_heads 3 is invalid: it must be a positive divisor of hidden_size 64"):
         SASRecConfig(num_items=10, hidden_size=64, num_heads=3)
 
 
-def test_config_rejects_zero_feedforward_size():
-    with pytest.raises(ValueError, match="feedforward_size 0 is invalid"):
+def test_config_rejects_zero_feedforward():
+    with pytest.raises(SASRecConfigError, match="feedforward_size 0 is invalid"):
         SASRecConfig(num_items=10, feedforward_size=0)
 
 
-def test_feedforward_size_sets_inner_width():
+def test_feedforward_size_sets_width():
     model = SASRec(SASRecConfig(num_items=10, hidden_size=16, num_heads=2, feedforward_size=48))
 
     assert model.encoder.layers[0].linear1.out_features == 48

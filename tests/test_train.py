@@ -142,12 +142,12 @@ def test_plot_pretrain_rejects_folder_without_metrics(tmp_path, capsys):
     assert not (tmp_path / "sasrec.png").exists()
 
 
-def test_pretrain_ids_rejects_bad_head_count(synthetic_data_file, tmp_path, capsys):
+def test_pretrain_ids_rejects_bad_heads(synthetic_data_file, tmp_path, capsys):
     from model.cli import main
 
     output = tmp_path / "ids"
     status = main(["pretrain-ids", "--data", str(synthetic_data_file), "--output", str(output), "--num-heads", "3"])
 
     assert status == 2
-    assert "num_heads 3 does not divide hidden_size 64" in capsys.readouterr().err
+    assert "num_heads 3 is invalid: it must be a positive divisor of hidden_size 64" in capsys.readouterr().err
     assert not output.exists()
