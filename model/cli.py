@@ -34,15 +34,17 @@ def cmd_pretrain_ids(args: argparse.Namespace) -> int:
     from model.data import leave_one_out, read_interactions
     from model.pretrain_ids import PretrainOptions, pretrain_ids
 
-    split = leave_one_out(read_interactions(args.data))
     options = PretrainOptions(
         hidden_size=args.hidden_size,
         num_blocks=args.num_blocks,
         num_heads=args.num_heads,
         feedforward_size=args.feedforward_size,
+        block=args.block,
         max_length=args.max_length,
         dropout=args.dropout,
         learning_rate=args.lr,
+        lr_decay=args.lr_decay,
+        lr_decay_patience=args.lr_decay_patience,
         batch_size=args.batch_size,
         max_epochs=args.max_epochs,
         patience=args.patience,
@@ -50,6 +52,7 @@ def cmd_pretrain_ids(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
     )
+    split = leave_one_out(read_interactions(args.data))
     result = pretrain_ids(split, Path(args.output), options)
     print(format_metrics_table({"sasrec (test)": result["test"], "sasrec (valid)": result["valid"]}))
     return 0
@@ -184,10 +187,23 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--hidden-size", type=int, default=64, help="embedding size (id_dim of the bundles trained on it)")
     pretrain.add_argument("--num-blocks", type=int, default=2, help="self-attention blocks")
     pretrain.add_argument("--num-heads", type=int, default=1, help="attention heads per block; must divide --hidden-size")
+    pretrain.add_argument(
+        "--block",
+        choices=("pre-norm", "query-norm"),
+        default="pre-norm",
+        help="pre-norm: layer norm before attention and feed-forward, GELU; query-norm: the SASRec paper's block (layer norm on the attention queries only, ReLU)",
+    )
     pretrain.add_argument("--feedforward-size", type=int, default=None, help="inner width of the feed-forward layers (default: --hidden-size)")
     pretrain.add_argument("--max-length", type=int, default=50, help="maximum history length in items")
     pretrain.add_argument("--dropout", type=float, default=0.5, help="dropout rate")
     pretrain.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
+    pretrain.add_argument(
+        "--lr-decay",
+        type=float,
+        default=1.0,
+        help="multiply the learning rate by this factor (in (0, 1]) after --lr-decay-patience epochs without validation gain; 1 keeps it constant",
+    )
+    pretrain.add_argument("--lr-decay-patience", type=int, default=3, help="epochs without validation gain before each learning-rate decay")
     pretrain.add_argument("--batch-size", type=int, default=128, help="sequences per step")
     pretrain.add_argument("--max-epochs", type=int, default=200, help="upper bound on epochs")
     pretrain.add_argument("--patience", type=int, default=10, help="epochs without validation NDCG@10 gain before stopping")
@@ -247,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     from model.backbone import BackboneError
     from model.bundle import BundleError
     from model.data import DataFormatError
+    from model.pretrain_ids import PretrainOptionsError
     from model.sasrec import SASRecConfigError
 
     parser = build_parser()
@@ -254,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args.log_level)
     try:
         return args.handler(args)
-    except (BackboneError, BundleError, DataFormatError, FileNotFoundError, SASRecConfigError) as error:
+    except (BackboneError, BundleError, DataFormatError, FileNotFoundError, PretrainOptionsError, SASRecConfigError) as error:
         print(f"e4srec {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -24,21 +24,34 @@ ITEM_EMBEDDINGS_FILE = "item_embeddings.safetensors"
 ITEM_EMBEDDINGS_KEY = "item_embeddings"
 
 
+class PretrainOptionsError(ValueError):
+    """An invalid training option of the SASRec stage, such as a learning-rate decay above 1."""
+
+
 @dataclass
 class PretrainOptions:
     hidden_size: int = 64
     num_blocks: int = 2
     num_heads: int = 1
     feedforward_size: int | None = None
+    block: str = "pre-norm"
     max_length: int = 50
     dropout: float = 0.5
     learning_rate: float = 2e-3
+    lr_decay: float = 1.0
+    lr_decay_patience: int = 3
     batch_size: int = 128
     max_epochs: int = 200
     patience: int = 10
     max_minutes: float | None = None
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise PretrainOptionsError(f"lr_decay {self.lr_decay} is invalid: pass a factor in (0, 1], or 1 to keep the learning rate constant")
+        if self.lr_decay_patience < 1:
+            raise PretrainOptionsError(f"lr_decay_patience {self.lr_decay_patience} is invalid: pass at least 1 epoch")
 
 
 def seed_everything(seed: int) -> None:
@@ -77,12 +90,17 @@ def pretrain_ids(split: LeaveOneOutSplit, output_dir: Path, options: PretrainOpt
         max_length=options.max_length,
         dropout=options.dropout,
         feedforward_size=options.feedforward_size,
+        block=options.block,
     )
     seed_everything(options.seed)
     output_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(options.device)
     model = SASRec(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
+    # threshold=0 counts any gain as one, like the early stopping below.
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=options.lr_decay, patience=options.lr_decay_patience, threshold=0.0
+    )
     sequences = [sequence for sequence in split.train if len(sequence) >= 2]
 
     def score(histories: list[list[int]]) -> torch.Tensor:
@@ -111,11 +129,14 @@ def pretrain_ids(split: LeaveOneOutSplit, output_dir: Path, options: PretrainOpt
         model.eval()
         valid = evaluate_full_ranking(score, split.valid, progress=False)
         elapsed = time.monotonic() - started
-        history.append({"epoch": epoch, "loss": total_loss / steps, "valid": valid, "elapsed_s": elapsed})
+        learning_rate = optimizer.param_groups[0]["lr"]
+        history.append({"epoch": epoch, "loss": total_loss / steps, "valid": valid, "elapsed_s": elapsed, "lr": learning_rate})
         logger.info(
-            "sasrec epoch %d loss %.4f valid hr_at_10 %.4f ndcg_at_10 %.4f (%.0f s)",
-            epoch, total_loss / steps, valid["hr_at_10"], valid["ndcg_at_10"], elapsed,
+            "sasrec epoch %d lr %.1e loss %.4f valid hr_at_10 %.4f ndcg_at_10 %.4f (%.0f s)",
+            epoch, learning_rate, total_loss / steps, valid["hr_at_10"], valid["ndcg_at_10"], elapsed,
         )
+        if options.lr_decay < 1.0:
+            scheduler.step(valid["ndcg_at_10"])
         if valid["ndcg_at_10"] > best_ndcg:
             best_ndcg, best_epoch = valid["ndcg_at_10"], epoch
             best_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}

@@ -4,14 +4,15 @@ import torch
 from model.sasrec import SASRec, SASRecConfig, SASRecConfigError, left_pad
 
 
-def _model() -> SASRec:
+def _model(block: str = "pre-norm") -> SASRec:
     torch.manual_seed(0)
-    model = SASRec(SASRecConfig(num_items=30, hidden_size=16, num_blocks=2, num_heads=2, max_length=12, dropout=0.0))
+    model = SASRec(SASRecConfig(num_items=30, hidden_size=16, num_blocks=2, num_heads=2, max_length=12, dropout=0.0, block=block))
     return model.eval()
 
 
-def test_trimmed_batch_matches_padded_batch():
-    model = _model()
+@pytest.mark.parametrize("block", ["pre-norm", "query-norm"])
+def test_trimmed_batch_matches_padded_batch(block):
+    model = _model(block)
     histories = [[3, 4, 5], [7, 8, 9, 10, 11], [2]]
 
     with torch.no_grad():
@@ -21,8 +22,9 @@ def test_trimmed_batch_matches_padded_batch():
     assert torch.allclose(trimmed, padded[:, -5:], atol=1e-5)
 
 
-def test_padding_leaves_scores_unchanged():
-    model = _model()
+@pytest.mark.parametrize("block", ["pre-norm", "query-norm"])
+def test_padding_leaves_scores_unchanged(block):
+    model = _model(block)
 
     with torch.no_grad():
         alone = model.full_sort_predict([[4, 5, 6]])
@@ -72,3 +74,39 @@ def test_feedforward_size_sets_width():
 
     assert model.encoder.layers[0].linear1.out_features == 48
     assert model.encoder.layers[0].linear2.in_features == 48
+
+
+@pytest.mark.parametrize("block", ["pre-norm", "query-norm"])
+def test_later_items_do_not_change_earlier_states(block):
+    model = _model(block)
+
+    # Positions count back from the last item, so appending items moves the
+    # prefix to other positions; with equal positions only causality remains.
+    with torch.no_grad():
+        model.position_embeddings.weight.zero_()
+        short = model(left_pad([[3, 4, 5]], 3))
+        extended = model(left_pad([[3, 4, 5, 6, 7]], 5))
+
+    assert torch.allclose(short, extended[:, :3], atol=1e-5)
+
+
+def test_query_norm_normalises_only_the_queries():
+    model = _model("query-norm")
+    block = model.encoder.blocks[0]
+    hidden = torch.randn(1, 4, 16) * 5
+    allowed = torch.zeros(2, 4, 4, dtype=torch.bool)
+
+    with torch.no_grad():
+        queries = block.attention_norm(hidden)
+        attended, _ = block.attention(queries, hidden, hidden, attn_mask=allowed, need_weights=False)
+        expected = block.feedforward_norm(queries + attended)
+        expected = expected + block.feedforward(expected)
+        output = block(hidden, allowed)
+
+    assert torch.allclose(output, expected, atol=1e-5)
+    assert isinstance(block.feedforward[1], torch.nn.ReLU)
+
+
+def test_config_rejects_unknown_block():
+    with pytest.raises(SASRecConfigError, match="block 'post-norm' is unknown: choose one of pre-norm, query-norm"):
+        SASRecConfig(num_items=10, block="post-norm")

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from model.bundle import instantiate, read_bundle, read_manifest
@@ -151,3 +152,63 @@ def test_pretrain_ids_rejects_bad_heads(synthetic_data_file, tmp_path, capsys):
     assert status == 2
     assert "num_heads 3 is invalid: it must be a positive divisor of hidden_size 64" in capsys.readouterr().err
     assert not output.exists()
+
+
+def test_pretrain_ids_rejects_unknown_block(synthetic_data_file, tmp_path, capsys):
+    from model.cli import main
+
+    output = tmp_path / "ids"
+    with pytest.raises(SystemExit) as stopped:
+        main(["pretrain-ids", "--data", str(synthetic_data_file), "--output", str(output), "--block", "post-norm"])
+
+    assert stopped.value.code == 2
+    assert "argument --block: invalid choice: 'post-norm'" in capsys.readouterr().err
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--lr-decay", "1.5", "lr_decay 1.5 is invalid: pass a factor in (0, 1]"),
+        ("--lr-decay", "0", "lr_decay 0.0 is invalid: pass a factor in (0, 1]"),
+        ("--lr-decay-patience", "0", "lr_decay_patience 0 is invalid: pass at least 1 epoch"),
+    ],
+)
+def test_pretrain_ids_rejects_bad_lr_decay(synthetic_data_file, tmp_path, capsys, option, value, message):
+    from model.cli import main
+
+    output = tmp_path / "ids"
+    status = main(["pretrain-ids", "--data", str(synthetic_data_file), "--output", str(output), option, value])
+
+    assert status == 2
+    assert message in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_lr_decay_follows_the_validation_plateau(tmp_path):
+    import random
+
+    from model.data import leave_one_out, read_interactions
+    from model.pretrain_ids import PretrainOptions, pretrain_ids
+    from tests.tiny import write_sequences_txt
+
+    # Random sequences leave nothing to learn, so validation stalls within a few epochs.
+    rng = random.Random(0)
+    sequences = [[rng.randint(1, 40) for _ in range(8)] for _ in range(200)]
+    split = leave_one_out(read_interactions(write_sequences_txt(tmp_path / "sequences.txt", sequences)))
+    options = PretrainOptions(
+        hidden_size=16, dropout=0.2, max_epochs=12, max_length=20, learning_rate=3e-3,
+        lr_decay=0.5, lr_decay_patience=1, patience=100,
+    )
+    history = pretrain_ids(split, tmp_path / "ids", options)["history"]
+
+    # The rate halves once the epochs without a gain exceed the patience of one epoch.
+    expected, best, epochs_without_gain = 3e-3, -1.0, 0
+    for epoch in history:
+        assert epoch["lr"] == pytest.approx(expected)
+        ndcg = epoch["valid"]["ndcg_at_10"]
+        epochs_without_gain = 0 if ndcg > best else epochs_without_gain + 1
+        best = max(best, ndcg)
+        if epochs_without_gain > 1:
+            expected, epochs_without_gain = expected * 0.5, 0
+    assert history[-1]["lr"] < 3e-3
