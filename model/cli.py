@@ -200,10 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument(
         "--lr-decay",
         type=float,
-        default=1.0,
-        help="multiply the learning rate by this factor (in (0, 1]) after --lr-decay-patience epochs without validation gain; 1 keeps it constant",
+        default=0.3,
+        help="multiply the learning rate by this factor (in (0, 1]) once more than --lr-decay-patience epochs pass without validation gain; 1 keeps it constant",
     )
-    pretrain.add_argument("--lr-decay-patience", type=int, default=3, help="epochs without validation gain before each learning-rate decay")
+    pretrain.add_argument("--lr-decay-patience", type=int, default=3, help="epochs without validation gain tolerated before each learning-rate decay")
     pretrain.add_argument("--batch-size", type=int, default=128, help="sequences per step")
     pretrain.add_argument("--max-epochs", type=int, default=200, help="upper bound on epochs")
     pretrain.add_argument("--patience", type=int, default=10, help="epochs without validation NDCG@10 gain before stopping")

@@ -38,7 +38,7 @@ class PretrainOptions:
     max_length: int = 50
     dropout: float = 0.5
     learning_rate: float = 2e-3
-    lr_decay: float = 1.0
+    lr_decay: float = 0.3
     lr_decay_patience: int = 3
     batch_size: int = 128
     max_epochs: int = 200
