@@ -36,7 +36,7 @@ class SASRecConfig:
 
     def __post_init__(self) -> None:
         if self.block not in BLOCKS:
-            raise SASRecConfigError(f"block {self.block!r} is unknown: choose one of {', '.join(BLOCKS)}")
+            raise SASRecConfigError(f"block {self.block!r} is invalid: choose one of {', '.join(BLOCKS)}")
         if self.num_heads < 1 or self.hidden_size % self.num_heads:
             raise SASRecConfigError(
                 f"num_heads {self.num_heads} is invalid: it must be a positive divisor of hidden_size {self.hidden_size}, such as 1, 2 or 4"
@@ -120,9 +120,9 @@ class SASRec(nn.Module):
 class QueryNormBlock(nn.Module):
     """The block of the SASRec paper.
 
-    The layer norm feeds only the attention queries; keys and values are the
-    block input as it is. Both residual paths start from the normalised
-    values, and the feed-forward layer uses ReLU.
+    The layer norm feeds only the attention queries, so keys and values come
+    from the unnormalised block input. Both residual paths start from the
+    normalised values, and the feed-forward layer uses ReLU.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, feedforward_size: int, dropout: float):

@@ -81,7 +81,7 @@ def test_later_items_do_not_change_earlier_states(block):
     model = _model(block)
 
     # Positions count back from the last item, so appending items moves the
-    # prefix to other positions; with equal positions only causality remains.
+    # prefix to other positions. Equal positions leave only causality to test.
     with torch.no_grad():
         model.position_embeddings.weight.zero_()
         short = model(left_pad([[3, 4, 5]], 3))
@@ -94,19 +94,19 @@ def test_query_norm_normalises_only_the_queries():
     model = _model("query-norm")
     block = model.encoder.blocks[0]
     hidden = torch.randn(1, 4, 16) * 5
-    allowed = torch.zeros(2, 4, 4, dtype=torch.bool)
+    nothing_blocked = torch.zeros(2, 4, 4, dtype=torch.bool)
 
     with torch.no_grad():
         queries = block.attention_norm(hidden)
-        attended, _ = block.attention(queries, hidden, hidden, attn_mask=allowed, need_weights=False)
+        attended, _ = block.attention(queries, hidden, hidden, attn_mask=nothing_blocked, need_weights=False)
         expected = block.feedforward_norm(queries + attended)
         expected = expected + block.feedforward(expected)
-        output = block(hidden, allowed)
+        output = block(hidden, nothing_blocked)
 
     assert torch.allclose(output, expected, atol=1e-5)
     assert isinstance(block.feedforward[1], torch.nn.ReLU)
 
 
 def test_config_rejects_unknown_block():
-    with pytest.raises(SASRecConfigError, match="block 'post-norm' is unknown: choose one of pre-norm, query-norm"):
+    with pytest.raises(SASRecConfigError, match="block 'post-norm' is invalid: choose one of pre-norm, query-norm"):
         SASRecConfig(num_items=10, block="post-norm")
