@@ -201,6 +201,23 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
 
     module.train()
     autocast = torch.autocast(device_type=backbone.device.type, dtype=torch.bfloat16, enabled=options.autocast_bf16)
+
+    def validate() -> bool:
+        """Measure validation NDCG@10 at the current step, keep the best weights, and return whether patience ran out."""
+        nonlocal best
+        module.eval()
+        with autocast:
+            valid = evaluate_full_ranking(partial(module.score_histories, use_prefix_cache=True), valid_cases, batch_size=options.eval_batch_size, progress=False)
+        module.train()
+        state.valid_curve.append({"step": state.step, "hr_at_10": valid["hr_at_10"], "ndcg_at_10": valid["ndcg_at_10"]})
+        progress.write(f"step {state.step}: valid NDCG@10 {valid['ndcg_at_10']:.4f}, HR@10 {valid['hr_at_10']:.4f}")
+        if best is None or valid["ndcg_at_10"] > best.ndcg_at_10:
+            best = BestState.capture(module, backbone, adapter_name, state.step, valid["ndcg_at_10"])
+            if options.checkpoint_dir is not None:
+                best.save(options.checkpoint_dir)
+            return False
+        return len(state.valid_curve) - 1 - _index_of_step(state.valid_curve, best.step) >= options.patience
+
     session_started = time.monotonic()
     last_checkpoint = session_started
     progress = tqdm(
@@ -234,19 +251,9 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
 
         stop_early = False
         if options.eval_every is not None and state.step % options.eval_every == 0 and distributed.is_main:
-            module.eval()
-            with autocast:
-                valid = evaluate_full_ranking(partial(module.score_histories, use_prefix_cache=True), valid_cases, batch_size=options.eval_batch_size, progress=False)
-            module.train()
-            state.valid_curve.append({"step": state.step, "hr_at_10": valid["hr_at_10"], "ndcg_at_10": valid["ndcg_at_10"]})
-            progress.write(f"step {state.step}: valid NDCG@10 {valid['ndcg_at_10']:.4f}, HR@10 {valid['hr_at_10']:.4f}")
-            if best is None or valid["ndcg_at_10"] > best.ndcg_at_10:
-                best = BestState.capture(module, backbone, adapter_name, state.step, valid["ndcg_at_10"])
-                if options.checkpoint_dir is not None:
-                    best.save(options.checkpoint_dir)
-            elif len(state.valid_curve) - 1 - _index_of_step(state.valid_curve, best.step) >= options.patience:
+            stop_early = validate()
+            if stop_early:
                 logger.info("early stop of bundle %s at step %d: no validation gain since step %d", options.name, state.step, best.step)
-                stop_early = True
 
         out_of_time = distributed.agree(options.max_minutes is not None and elapsed > options.max_minutes * 60)
         stop_early = distributed.agree(stop_early)
@@ -259,12 +266,20 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
             break
         if stop_early:
             break
-    progress.close()
     training_time = state.elapsed_s + time.monotonic() - session_started
     if not distributed.is_main:
+        progress.close()
         distributed.barrier()
         distributed.close()
         return {}
+
+    # A schedule that ends between two validations (or at the time budget)
+    # would otherwise never compare its final weights, where a decaying
+    # learning rate is lowest, with the best step so far.
+    validated_last = bool(state.valid_curve) and state.valid_curve[-1]["step"] == state.step
+    if options.eval_every is not None and not validated_last:
+        validate()
+    progress.close()
     if best is not None:
         best.restore(module, backbone, adapter_name)
         logger.info("bundle %s keeps the weights of step %d (valid NDCG@10 %.4f)", options.name, best.step, best.ndcg_at_10)

@@ -212,3 +212,12 @@ def test_lr_decay_follows_the_validation_plateau(tmp_path):
         if epochs_without_gain > 1:
             expected, epochs_without_gain = expected * 0.5, 0
     assert history[-1]["lr"] < 3e-3
+
+
+def test_validation_covers_the_final_step(tiny_backbone_dir, synthetic_split, synthetic_ids, tmp_path):
+    bundle = _train(tiny_backbone_dir, synthetic_split, tmp_path, synthetic_ids, epochs=1.0, eval_every=5, valid_users=100, patience=10)
+
+    steps = bundle.manifest.training["steps"]
+    curve_steps = [point["step"] for point in bundle.manifest.training["valid_curve"]]
+    assert steps % 5 != 0
+    assert curve_steps == [*range(5, steps, 5), steps]
