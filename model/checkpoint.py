@@ -49,7 +49,11 @@ class BestState:
 
     @classmethod
     def capture(cls, module: E4SRec, backbone: Backbone, adapter_name: str, step: int, ndcg_at_10: float) -> BestState:
-        return cls(step, ndcg_at_10, module.bundle_tensors(), adapter_state_dict(backbone, adapter_name))
+        # bundle_tensors() and adapter_state_dict() return the live float32 CPU
+        # parameters themselves, so without a copy training would change the capture.
+        module_tensors = {name: tensor.clone() for name, tensor in module.bundle_tensors().items()}
+        lora_tensors = {name: tensor.clone() for name, tensor in adapter_state_dict(backbone, adapter_name).items()}
+        return cls(step, ndcg_at_10, module_tensors, lora_tensors)
 
     def restore(self, module: E4SRec, backbone: Backbone, adapter_name: str) -> None:
         from peft import set_peft_model_state_dict

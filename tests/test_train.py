@@ -221,3 +221,29 @@ def test_validation_covers_the_final_step(tiny_backbone_dir, synthetic_split, sy
     curve_steps = [point["step"] for point in bundle.manifest.training["valid_curve"]]
     assert steps % 5 != 0
     assert curve_steps == [*range(5, steps, 5), steps]
+
+
+def test_best_state_survives_further_training(trained_bundle_dir, tiny_backbone):
+    from model.bundle import instantiate
+    from model.checkpoint import BestState
+    from model.lora import adapter_state_dict
+
+    adapter_name = "best-state"
+    module = instantiate(tiny_backbone, read_bundle(trained_bundle_dir), adapter_name)
+    best = BestState.capture(module, tiny_backbone, adapter_name, step=1, ndcg_at_10=0.5)
+    before_module = {name: tensor.clone() for name, tensor in best.module_tensors.items()}
+    before_lora = {name: tensor.clone() for name, tensor in best.lora_tensors.items()}
+
+    # An optimizer step changes the live weights in place.
+    with torch.no_grad():
+        module.projector.weight.add_(1.0)
+        for name, parameter in tiny_backbone.peft_model.named_parameters():
+            if f"lora_A.{adapter_name}." in name:
+                parameter.add_(1.0)
+
+    assert not torch.equal(module.bundle_tensors()["projector.weight"], before_module["projector.weight"])
+    assert any(not torch.equal(tensor, before_lora[name]) for name, tensor in adapter_state_dict(tiny_backbone, adapter_name).items())
+    for name, tensor in before_module.items():
+        torch.testing.assert_close(best.module_tensors[name], tensor)
+    for name, tensor in before_lora.items():
+        torch.testing.assert_close(best.lora_tensors[name], tensor)
