@@ -97,10 +97,13 @@ def pretrain_ids(split: LeaveOneOutSplit, output_dir: Path, options: PretrainOpt
     device = torch.device(options.device)
     model = SASRec(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
+    # ReduceLROnPlateau rejects a factor of 1, which means a constant rate here.
     # threshold=0 counts any gain as one, like the early stopping below.
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=options.lr_decay, patience=options.lr_decay_patience, threshold=0.0
-    )
+    scheduler = None
+    if options.lr_decay < 1.0:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=options.lr_decay, patience=options.lr_decay_patience, threshold=0.0
+        )
     sequences = [sequence for sequence in split.train if len(sequence) >= 2]
 
     def score(histories: list[list[int]]) -> torch.Tensor:
@@ -135,7 +138,7 @@ def pretrain_ids(split: LeaveOneOutSplit, output_dir: Path, options: PretrainOpt
             "sasrec epoch %d lr %.1e loss %.4f valid hr_at_10 %.4f ndcg_at_10 %.4f (%.0f s)",
             epoch, learning_rate, total_loss / steps, valid["hr_at_10"], valid["ndcg_at_10"], elapsed,
         )
-        if options.lr_decay < 1.0:
+        if scheduler is not None:
             scheduler.step(valid["ndcg_at_10"])
         if valid["ndcg_at_10"] > best_ndcg:
             best_ndcg, best_epoch = valid["ndcg_at_10"], epoch

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -185,17 +187,22 @@ def test_pretrain_ids_rejects_bad_lr_decay(synthetic_data_file, tmp_path, capsys
     assert not output.exists()
 
 
-def test_lr_decay_follows_the_validation_plateau(tmp_path):
+def _stalling_data(folder):
     import random
 
-    from model.data import leave_one_out, read_interactions
-    from model.pretrain_ids import PretrainOptions, pretrain_ids
     from tests.tiny import write_sequences_txt
 
     # Random sequences leave nothing to learn, so validation stalls within a few epochs.
     rng = random.Random(0)
     sequences = [[rng.randint(1, 40) for _ in range(8)] for _ in range(200)]
-    split = leave_one_out(read_interactions(write_sequences_txt(tmp_path / "sequences.txt", sequences)))
+    return write_sequences_txt(folder / "sequences.txt", sequences)
+
+
+def test_lr_decay_follows_the_validation_plateau(tmp_path):
+    from model.data import leave_one_out, read_interactions
+    from model.pretrain_ids import PretrainOptions, pretrain_ids
+
+    split = leave_one_out(read_interactions(_stalling_data(tmp_path)))
     options = PretrainOptions(
         hidden_size=16, dropout=0.2, max_epochs=12, max_length=20, learning_rate=3e-3,
         lr_decay=0.5, lr_decay_patience=1, patience=100,
@@ -212,6 +219,19 @@ def test_lr_decay_follows_the_validation_plateau(tmp_path):
         if epochs_without_gain > 1:
             expected, epochs_without_gain = expected * 0.5, 0
     assert history[-1]["lr"] < 3e-3
+
+
+def test_lr_decay_of_one_keeps_rate(tmp_path):
+    from model.cli import main
+
+    status = main([
+        "pretrain-ids", "--data", str(_stalling_data(tmp_path)), "--output", str(tmp_path / "ids"),
+        "--lr-decay", "1", "--max-epochs", "8", "--patience", "100", "--hidden-size", "16",
+    ])
+
+    history = json.loads((tmp_path / "ids" / "metrics.json").read_text())["history"]
+    assert status == 0
+    assert [epoch["lr"] for epoch in history] == [2e-3] * 8
 
 
 def test_validation_covers_the_final_step(tiny_backbone_dir, synthetic_split, synthetic_ids, tmp_path):
