@@ -147,6 +147,8 @@ class QueryNormBlock(nn.Module):
 
 
 class QueryNormEncoder(nn.Module):
+    """A stack of query-norm blocks, called like nn.TransformerEncoder with a boolean mask."""
+
     def __init__(self, hidden_size: int, num_heads: int, feedforward_size: int, dropout: float, num_blocks: int):
         super().__init__()
         self.blocks = nn.ModuleList(QueryNormBlock(hidden_size, num_heads, feedforward_size, dropout) for _ in range(num_blocks))
