@@ -26,7 +26,7 @@ from model.backbone import BackboneSettings, load_backbone
 from model.data import leave_one_out, read_interactions
 from model.e4srec import E4SRec, E4SRecConfig
 from model.lora import LoraSettings, attach_adapter
-from model.train import length_bucketed_batches
+from model.batching import length_bucketed_batches
 
 SLICE_S = 10.0
 

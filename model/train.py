@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from model.backbone import Backbone, BackboneSettings, load_backbone
+from model.batching import BATCH_ORDER_LENGTH, BATCH_ORDERS, epoch_batches
 from model.bundle import write_bundle
 from model.checkpoint import BestState, TrainingState, load_checkpoint, save_checkpoint
 from model.data import LeaveOneOutSplit, leave_one_out, read_interactions
@@ -53,6 +54,7 @@ class TrainOptions:
     weight_decay: float = 0.0
     warmup_steps: int = 50
     batch_size: int = 32
+    batch_order: str = BATCH_ORDER_LENGTH
     epochs: float = 1.0
     max_minutes: float | None = None
     max_train_users: int | None = None
@@ -87,20 +89,6 @@ def load_id_table(path: Path, num_items: int) -> torch.Tensor:
             f"(expected {num_items + 1} rows including padding row 0); pretrain on the same data"
         )
     return table
-
-
-def length_bucketed_batches(sequences: list[list[int]], batch_size: int, seed: int) -> list[list[list[int]]]:
-    """Group sequences of similar length into batches, in a seeded random order.
-
-    Most histories are short, so sorting by length before batching keeps
-    padding, and the compute it wastes, small. A short random jitter on the
-    length lets neighbours mix between epochs.
-    """
-    rng = random.Random(seed)
-    order = sorted(range(len(sequences)), key=lambda index: (len(sequences[index]), rng.random()))
-    batches = [[sequences[index] for index in order[start : start + batch_size]] for start in range(0, len(order), batch_size)]
-    rng.shuffle(batches)
-    return batches
 
 
 def _learning_rate_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
@@ -228,7 +216,7 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
     while state.step < total_steps:
         epoch, position = divmod(state.step, steps_per_epoch)
         if epoch != batches_epoch:
-            batches_epoch, batches = epoch, length_bucketed_batches(sequences, options.batch_size, seed=options.seed * 1000 + epoch)
+            batches_epoch, batches = epoch, epoch_batches(options.batch_order, sequences, options.batch_size, seed=options.seed * 1000 + epoch)
         batch = batches[(position * distributed.world_size + distributed.rank) % len(batches)]
 
         for group in optimizer.param_groups:
@@ -303,6 +291,7 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
         "training_targets": state.targets,
         "train_users": len(sequences),
         "batch_size": options.batch_size,
+        "batch_order": options.batch_order,
         "learning_rate": options.learning_rate,
         "autocast_bf16": options.autocast_bf16,
         "trainable_parameters": trainable_count,
@@ -348,6 +337,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--valid-users", type=int, default=2000, help="validation users sampled for --eval-every")
     parser.add_argument("--patience", type=int, default=3, help="evaluations without validation NDCG@10 gain before stopping early")
     parser.add_argument("--batch-size", type=int, default=32, help="user sequences per step")
+    parser.add_argument(
+        "--batch-order", default=BATCH_ORDER_LENGTH, choices=BATCH_ORDERS,
+        help="length: batches of similar history lengths (less padding, faster); shuffled: a random mix in every batch",
+    )
     parser.add_argument("--epochs", type=float, default=1.0, help="passes over the training sequences (fractions allowed)")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes (checkpointed)")
     parser.add_argument("--max-train-users", type=int, default=None, help="train on a fixed random sample of this many users")
@@ -385,6 +378,7 @@ def train_from_args(args: argparse.Namespace) -> int:
         lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, target_modules=args.lora_targets.split(",")),
         learning_rate=args.lr,
         batch_size=args.batch_size,
+        batch_order=args.batch_order,
         epochs=args.epochs,
         max_minutes=args.max_minutes,
         max_train_users=args.max_train_users,

@@ -5,7 +5,7 @@ import torch
 
 from model.bundle import instantiate, read_bundle, read_manifest
 from model.evaluate import evaluate_full_ranking
-from model.train import TrainOptions, length_bucketed_batches, train_bundle
+from model.train import TrainOptions, train_bundle
 from tests.conftest import NUM_SYNTHETIC_ITEMS
 
 
@@ -24,16 +24,6 @@ def test_written_bundle_reproduces_reported_metrics(tiny_backbone, trained_bundl
 
     reported = read_manifest(trained_bundle_dir).metrics["test"]
     assert abs(metrics["ndcg_at_10"] - reported["ndcg_at_10"]) < 1e-6
-
-
-def test_batches_group_similar_lengths():
-    sequences = [[1] * length for length in [2, 9, 3, 8, 2, 9, 3, 8]]
-
-    batches = length_bucketed_batches(sequences, batch_size=2, seed=0)
-
-    for batch in batches:
-        assert len({len(sequence) for sequence in batch}) == 1
-    assert sorted(len(s) for batch in batches for s in batch) == sorted(len(s) for s in sequences)
 
 
 def test_resumed_training_matches_uninterrupted(tiny_backbone_dir, synthetic_split, synthetic_ids, tmp_path):
@@ -104,6 +94,13 @@ def test_random_id_table_has_requested_size(tiny_backbone_dir, synthetic_split, 
     assert bundle.manifest.model.id_dim == 8
     assert bundle.manifest.training["id_embeddings"] == "random"
     assert bundle.manifest.training["lr_schedule"] == "constant"
+
+
+def test_shuffled_batch_order_trains_and_is_recorded(tiny_backbone_dir, synthetic_split, synthetic_ids, tmp_path):
+    bundle = _train(tiny_backbone_dir, synthetic_split, tmp_path, synthetic_ids, batch_order="shuffled")
+
+    assert bundle.manifest.training["batch_order"] == "shuffled"
+    assert bundle.manifest.metrics["test"]["hr_at_10"] > 3 * 10 / NUM_SYNTHETIC_ITEMS
 
 
 def test_periodic_validation_keeps_best_step(tiny_backbone_dir, synthetic_split, synthetic_ids, tmp_path):
