@@ -23,10 +23,10 @@ import torch
 
 from common import machine
 from model.backbone import BackboneSettings, load_backbone
+from model.batching import length_bucketed_batches
 from model.data import leave_one_out, read_interactions
 from model.e4srec import E4SRec, E4SRecConfig
 from model.lora import LoraSettings, attach_adapter
-from model.batching import length_bucketed_batches
 
 SLICE_S = 10.0
 

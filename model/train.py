@@ -54,6 +54,8 @@ class TrainOptions:
     weight_decay: float = 0.0
     warmup_steps: int = 50
     batch_size: int = 32
+    # On Beauty, shuffled batches gave the same test quality after one epoch as
+    # length-grouped ones after two, but each step took about 1.5 times as long.
     batch_order: str = BATCH_ORDER_LENGTH
     epochs: float = 1.0
     max_minutes: float | None = None
@@ -75,6 +77,11 @@ class TrainOptions:
     eval_batch_size: int = 64
     seed: int = 0
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        # Checked here so a wrong order fails before the backbone and ID table are loaded.
+        if self.batch_order not in BATCH_ORDERS:
+            raise ValueError(f"batch_order {self.batch_order!r} is invalid; use one of {', '.join(BATCH_ORDERS)}")
 
 
 def load_id_table(path: Path, num_items: int) -> torch.Tensor:
@@ -339,7 +346,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="user sequences per step")
     parser.add_argument(
         "--batch-order", default=BATCH_ORDER_LENGTH, choices=BATCH_ORDERS,
-        help="length: batches of similar history lengths (less padding, faster); shuffled: a random mix in every batch",
+        help="length groups histories of similar length (less padding, faster). shuffled mixes lengths in every batch",
     )
     parser.add_argument("--epochs", type=float, default=1.0, help="passes over the training sequences (fractions allowed)")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes (checkpointed)")

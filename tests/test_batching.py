@@ -36,11 +36,11 @@ def test_shuffled_batches_mix_lengths():
     assert any(len({len(sequence) for sequence in batch}) > 1 for batch in batches)
 
 
-def test_epoch_batches_dispatch_on_the_order_name():
+def test_epoch_batches_follow_order_name():
     assert epoch_batches("shuffled", SEQUENCES, 2, seed=1) == shuffled_batches(SEQUENCES, 2, seed=1)
     assert epoch_batches("length", SEQUENCES, 2, seed=1) == length_bucketed_batches(SEQUENCES, 2, seed=1)
 
 
-def test_unknown_batch_order_names_the_choices():
+def test_invalid_order_names_choices():
     with pytest.raises(ValueError, match="'sorted' is invalid; use one of shuffled, length"):
         epoch_batches("sorted", SEQUENCES, 2, seed=0)

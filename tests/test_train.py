@@ -96,11 +96,16 @@ def test_random_id_table_has_requested_size(tiny_backbone_dir, synthetic_split, 
     assert bundle.manifest.training["lr_schedule"] == "constant"
 
 
-def test_shuffled_batch_order_trains_and_is_recorded(tiny_backbone_dir, synthetic_split, synthetic_ids, tmp_path):
+def test_shuffled_order_is_recorded(tiny_backbone_dir, synthetic_split, synthetic_ids, tmp_path):
     bundle = _train(tiny_backbone_dir, synthetic_split, tmp_path, synthetic_ids, batch_order="shuffled")
 
     assert bundle.manifest.training["batch_order"] == "shuffled"
     assert bundle.manifest.metrics["test"]["hr_at_10"] > 3 * 10 / NUM_SYNTHETIC_ITEMS
+
+
+def test_invalid_batch_order_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="batch_order 'sorted' is invalid; use one of shuffled, length"):
+        TrainOptions(name="option", output=tmp_path / "bundle", ids=None, batch_order="sorted")
 
 
 def test_periodic_validation_keeps_best_step(tiny_backbone_dir, synthetic_split, synthetic_ids, tmp_path):
