@@ -40,6 +40,7 @@ def cmd_pretrain_ids(args: argparse.Namespace) -> int:
         num_heads=args.num_heads,
         feedforward_size=args.feedforward_size,
         block=args.block,
+        position_origin=args.position_origin,
         max_length=args.max_length,
         dropout=args.dropout,
         learning_rate=args.lr,
@@ -193,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="pre-norm",
         help="pre-norm: layer norm before attention and feed-forward, GELU; query-norm: the SASRec paper's block (layer norm on the attention queries only, ReLU)",
     )
+    pretrain.add_argument(
+        "--position-origin",
+        choices=("last", "first"),
+        default="last",
+        help="last: position 0 is the most recent item (encodes recency); first: position 0 is the oldest item kept, as in the SASRec paper",
+    )
     pretrain.add_argument("--feedforward-size", type=int, default=None, help="inner width of the feed-forward layers (default: --hidden-size)")
     pretrain.add_argument("--max-length", type=int, default=50, help="maximum history length in items")
     pretrain.add_argument("--dropout", type=float, default=0.5, help="dropout rate")
@@ -263,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     from model.backbone import BackboneError
     from model.bundle import BundleError
     from model.data import DataFormatError
+    from model.distillation import DistillationError
     from model.pretrain_ids import PretrainOptionsError
     from model.sasrec import SASRecConfigError
 
@@ -271,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args.log_level)
     try:
         return args.handler(args)
-    except (BackboneError, BundleError, DataFormatError, FileNotFoundError, PretrainOptionsError, SASRecConfigError) as error:
+    except (
+        BackboneError, BundleError, DataFormatError, DistillationError, FileNotFoundError, PretrainOptionsError, SASRecConfigError,
+    ) as error:
         print(f"e4srec {args.command}: error: {error}", file=sys.stderr)
         return 2
 

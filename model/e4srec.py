@@ -243,33 +243,34 @@ class E4SRec(nn.Module):
             states = self.hidden_states(truncated)
         return self.score_states(states[:, -1])
 
-    def training_loss(self, sequences: list[list[int]]) -> tuple[torch.Tensor, int]:
-        """Softmax cross-entropy over all items, supervising every position at once.
+    def training_logits(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item scores and next-item labels at every history position, from one forward pass per sequence.
 
         The backbone is causal, so the state at history position t depends only on
         items up to t and can be trained to predict item t + 1. One forward pass
         over a sequence therefore yields a target per item instead of one per prefix.
         With response tokens, the last response position is also trained on
         the final item, which is the position that serving reads.
-        Returns the mean loss and the number of targets.
+        Rows follow ``supervised_labels``.
         """
         inputs = [sequence[:-1][-self.config.max_history_length :] for sequence in sequences]
-        targets = [sequence[1:][-self.config.max_history_length :] for sequence in sequences]
         states = self.hidden_states(inputs)
 
         response_length = self.response_ids.numel()
-        total = states.shape[1]
-        gathered, labels = [], []
-        for row, (history, target) in enumerate(zip(inputs, targets, strict=True)):
-            end = total - response_length
+        end = states.shape[1] - response_length
+        gathered = []
+        for row, history in enumerate(inputs):
             gathered.append(states[row, end - len(history) : end])
-            labels.extend(target)
             if response_length:
                 gathered.append(states[row, -1:])
-                labels.append(target[-1])
         logits = self.score_states(torch.cat(gathered))
-        label_tensor = torch.tensor(labels, dtype=torch.long, device=logits.device)
-        return nn.functional.cross_entropy(logits, label_tensor), len(labels)
+        labels = supervised_labels(sequences, self.config.max_history_length, with_response=response_length > 0)
+        return logits, labels.to(logits.device)
+
+    def training_loss(self, sequences: list[list[int]]) -> tuple[torch.Tensor, int]:
+        """Softmax cross-entropy over all items at every supervised position; returns the mean loss and the target count."""
+        logits, labels = self.training_logits(sequences)
+        return nn.functional.cross_entropy(logits, labels), labels.numel()
 
     def bundle_tensors(self) -> dict[str, torch.Tensor]:
         """Return the module's own tensors as stored in a bundle, in float32."""
@@ -277,3 +278,18 @@ class E4SRec(nn.Module):
 
     def load_bundle_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.load_state_dict(tensors, strict=True)
+
+
+def supervised_labels(sequences: list[list[int]], max_history_length: int, with_response: bool) -> torch.Tensor:
+    """Next-item labels in the row order of ``E4SRec.training_logits``.
+
+    Each sequence contributes its last ``max_history_length`` next items, in
+    order; with a response, its final item once more for the response position.
+    """
+    labels = []
+    for sequence in sequences:
+        targets = sequence[1:][-max_history_length:]
+        labels.extend(targets)
+        if with_response:
+            labels.append(targets[-1])
+    return torch.tensor(labels, dtype=torch.long)

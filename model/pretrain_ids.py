@@ -36,6 +36,7 @@ class PretrainOptions:
     num_heads: int = 1
     feedforward_size: int | None = None
     block: str = "pre-norm"
+    position_origin: str = "last"
     max_length: int = 50
     dropout: float = 0.5
     learning_rate: float = 2e-3
@@ -83,6 +84,7 @@ def pretrain_ids(split: LeaveOneOutSplit, output_dir: Path, options: PretrainOpt
         dropout=options.dropout,
         feedforward_size=options.feedforward_size,
         block=options.block,
+        position_origin=options.position_origin,
     )
     seed_everything(options.seed)
     output_dir.mkdir(parents=True, exist_ok=True)

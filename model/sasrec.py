@@ -17,6 +17,10 @@ from model.data import PADDING_ID
 
 
 BLOCKS = ("pre-norm", "query-norm")
+# "last": positions count back from the most recent item, so a position
+# embedding encodes recency. "first": positions count from the oldest item
+# kept, as in the SASRec paper.
+POSITION_ORIGINS = ("last", "first")
 
 
 class SASRecConfigError(ValueError):
@@ -33,10 +37,15 @@ class SASRecConfig:
     dropout: float = 0.5
     feedforward_size: int | None = None
     block: str = "pre-norm"
+    position_origin: str = "last"
 
     def __post_init__(self) -> None:
         if self.block not in BLOCKS:
             raise SASRecConfigError(f"block {self.block!r} is invalid: choose one of {', '.join(BLOCKS)}")
+        if self.position_origin not in POSITION_ORIGINS:
+            raise SASRecConfigError(
+                f"position_origin {self.position_origin!r} is invalid: choose one of {', '.join(POSITION_ORIGINS)}"
+            )
         if self.num_heads < 1 or self.hidden_size % self.num_heads:
             raise SASRecConfigError(
                 f"num_heads {self.num_heads} is invalid: it must be a positive divisor of hidden_size {self.hidden_size}, such as 1, 2 or 4"
@@ -82,17 +91,20 @@ class SASRec(nn.Module):
     def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
         """Encode right-aligned (left-padded) item IDs into one state per position.
 
-        ``item_ids`` may be shorter than ``max_length``: positions count back
-        from the last item, so a batch trimmed to its longest history gives
-        the same states as one padded to ``max_length``.
+        ``item_ids`` may be shorter than ``max_length``: positions count from
+        each row's last (or first) item, so a batch trimmed to its longest
+        history gives the same states as one padded to ``max_length``.
         """
         length = item_ids.shape[1]
         if length > self.config.max_length:
             raise ValueError(f"item_ids has {length} positions, above max_length {self.config.max_length}. Pass only the most recent items.")
-        first = self.config.max_length - length
-        positions = torch.arange(first, self.config.max_length, device=item_ids.device).unsqueeze(0)
-        hidden = self.item_embeddings(item_ids) * self.config.hidden_size**0.5 + self.position_embeddings(positions)
         padding = item_ids == PADDING_ID
+        if self.config.position_origin == "first":
+            positions = ((~padding).cumsum(dim=1) - 1).clamp(min=0)
+        else:
+            first = self.config.max_length - length
+            positions = torch.arange(first, self.config.max_length, device=item_ids.device).unsqueeze(0)
+        hidden = self.item_embeddings(item_ids) * self.config.hidden_size**0.5 + self.position_embeddings(positions)
         hidden = self.dropout(hidden) * (~padding).unsqueeze(-1)
 
         # A query attends to earlier non-padding items and to itself, so a

@@ -110,3 +110,24 @@ def test_query_norm_normalises_only_the_queries():
 def test_config_rejects_unknown_block():
     with pytest.raises(SASRecConfigError, match="block 'post-norm' is invalid: choose one of pre-norm, query-norm"):
         SASRecConfig(num_items=10, block="post-norm")
+
+
+def test_first_origin_counts_from_oldest_item():
+    torch.manual_seed(0)
+    first = SASRec(SASRecConfig(num_items=30, hidden_size=16, max_length=12, dropout=0.0, position_origin="first")).eval()
+    last = SASRec(SASRecConfig(num_items=30, hidden_size=16, max_length=12, dropout=0.0, position_origin="last")).eval()
+    last.load_state_dict(first.state_dict())
+
+    # The state at the oldest item sees only that item and its position, so it
+    # matches across history lengths exactly when positions start at the oldest item.
+    with torch.no_grad():
+        first_short, first_long = first(left_pad([[3]], 1))[0, 0], first(left_pad([[3, 4, 5]], 3))[0, 0]
+        last_short, last_long = last(left_pad([[3]], 1))[0, 0], last(left_pad([[3, 4, 5]], 3))[0, 0]
+
+    assert torch.allclose(first_short, first_long, atol=1e-5)
+    assert not torch.allclose(last_short, last_long, atol=1e-3)
+
+
+def test_config_rejects_unknown_position_origin():
+    with pytest.raises(SASRecConfigError, match="position_origin 'middle' is invalid: choose one of last, first"):
+        SASRecConfig(num_items=10, position_origin="middle")
