@@ -28,7 +28,7 @@ def plot_training_curves(bundle_dirs: list[Path], output: Path) -> Path:
     if not valid_axis.get_lines():
         valid_axis.text(0.5, 0.5, "no validation curve recorded\n(train with --eval-every N)", ha="center", va="center",
                         transform=valid_axis.transAxes, color="gray")
-    loss_axis.set(title="training loss (softmax cross-entropy)", xlabel="step", ylabel="loss")
+    loss_axis.set(title="training loss (cross-entropy, mixed with KL when distilled)", xlabel="step", ylabel="loss")
     valid_axis.set(title="validation NDCG@10", xlabel="step", ylabel="NDCG@10")
     return _save(figure, output)
 
