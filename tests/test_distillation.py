@@ -1,4 +1,3 @@
-import json
 import math
 import shutil
 
@@ -25,14 +24,13 @@ def test_teacher_rows_follow_bundle_rows(teacher, with_response):
 
     scores = teacher_logits(teacher, SEQUENCES, max_history_length, with_response)
 
-    # Row by row: the teacher's scores after each prefix that the bundle supervises.
-    prefixes = []
-    for sequence in SEQUENCES:
-        kept = min(len(sequence) - 1, max_history_length)
-        prefixes += [sequence[:end] for end in range(len(sequence) - kept, len(sequence))]
-        if with_response:
-            prefixes.append(sequence[:-1])
-    expected = teacher.full_sort_predict(prefixes)
+    # Row by row: the teacher's scores after each prefix that the bundle
+    # supervises, the last three of each sequence, plus the whole input again
+    # for the response position.
+    first = [[1, 2, 3], [1, 2, 3, 4], [1, 2, 3, 4, 5]] + ([[1, 2, 3, 4, 5]] if with_response else [])
+    second = [[7]] + ([[7]] if with_response else [])
+    third = [[9], [9, 10], [9, 10, 11]] + ([[9, 10, 11]] if with_response else [])
+    expected = teacher.full_sort_predict(first + second + third)
     labels = supervised_labels(SEQUENCES, max_history_length, with_response)
     assert scores.shape == (len(labels), NUM_SYNTHETIC_ITEMS + 1)
     torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-5)
@@ -65,7 +63,7 @@ def test_matching_teacher_leaves_label_term():
 
 
 def test_soft_term_matches_hand_computed_kl():
-    # Padding ID 0 plus two items; the teacher puts 3/4 on item 1, the bundle 1/2.
+    # Padding ID 0 plus two items. The teacher puts 3/4 on item 1, the bundle 1/2.
     teacher_scores = torch.tensor([[5.0, math.log(3.0), 0.0]])
     logits = torch.tensor([[-1e9, 0.0, 0.0]])
     labels = torch.tensor([1])
@@ -83,7 +81,7 @@ def test_temperature_softens_and_rescales():
 
     loss = distillation_loss(logits, labels, teacher_scores, DistillationSettings(weight=1.0, temperature=2.0))
 
-    # At T = 2 the teacher's odds are e^2 : 1; the result is scaled by T^2 = 4.
+    # At T = 2 the teacher's odds are e^2 : 1, and the result is scaled by T^2 = 4.
     high = math.exp(2.0) / (math.exp(2.0) + 1.0)
     expected = 4.0 * (high * math.log(high / 0.5) + (1 - high) * math.log((1 - high) / 0.5))
     assert loss.item() == pytest.approx(expected, rel=1e-5)
@@ -147,4 +145,3 @@ def test_cli_rejects_bad_weight(synthetic_data_file, synthetic_ids, tmp_path, ca
     assert status == 2
     assert "distillation weight 2.0 is invalid" in capsys.readouterr().err
     assert not output.exists()
-    assert json.loads((synthetic_ids / "metrics.json").read_text())["config"]["num_items"] == NUM_SYNTHETIC_ITEMS
