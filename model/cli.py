@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--position-origin",
         choices=("last", "first"),
         default="last",
-        help="last: position 0 is the most recent item (encodes recency); first: position 0 is the oldest item kept, as in the SASRec paper",
+        help="last: positions count back from the most recent item (they encode recency); first: positions count from the oldest item kept, as in the SASRec paper",
     )
     pretrain.add_argument("--feedforward-size", type=int, default=None, help="inner width of the feed-forward layers (default: --hidden-size)")
     pretrain.add_argument("--max-length", type=int, default=50, help="maximum history length in items")

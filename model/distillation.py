@@ -43,8 +43,12 @@ class DistillationSettings:
             raise DistillationError(f"distillation temperature {self.temperature} is invalid: pass a positive value, such as 1 or 2")
 
 
-def load_teacher(folder: Path, num_items: int, device: torch.device) -> SASRec:
-    """Load the SASRec model saved by ``e4srec pretrain-ids`` in ``folder``, in eval mode and frozen."""
+def load_teacher(folder: Path, num_items: int, max_history_length: int, device: torch.device) -> SASRec:
+    """Load the SASRec model saved by ``e4srec pretrain-ids`` in ``folder``, in eval mode and frozen.
+
+    The teacher must cover the bundle's items and read at least the
+    ``max_history_length`` items that the bundle reads.
+    """
     weights, config_file = folder / TEACHER_WEIGHTS_FILE, folder / TEACHER_CONFIG_FILE
     for path in (weights, config_file):
         if not path.is_file():
@@ -53,6 +57,11 @@ def load_teacher(folder: Path, num_items: int, device: torch.device) -> SASRec:
     if config.num_items != num_items:
         raise DistillationError(
             f"teacher {folder} was trained on {config.num_items} items, but the data has {num_items}; pretrain on the same data"
+        )
+    if max_history_length > config.max_length:
+        raise DistillationError(
+            f"max_history_length {max_history_length} is above the max_length {config.max_length} of teacher {folder}; "
+            "lower --max-history-length or pretrain with a larger --max-length"
         )
     teacher = SASRec(config)
     teacher.load_state_dict(load_file(str(weights)))
@@ -71,11 +80,6 @@ def teacher_logits(teacher: SASRec, sequences: list[list[int]], max_history_leng
     would encode how many items follow it. The teacher reads up to its own
     ``max_length`` items, which may be more than the bundle reads.
     """
-    if max_history_length > teacher.config.max_length:
-        raise DistillationError(
-            f"max_history_length {max_history_length} is above the teacher's max_length {teacher.config.max_length}; "
-            "lower --max-history-length or pretrain with a larger --max-length"
-        )
     prefixes = []
     for sequence in sequences:
         supervised = min(len(sequence) - 1, max_history_length)

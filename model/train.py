@@ -147,7 +147,7 @@ def train_bundle(backbone: Backbone, split: LeaveOneOutSplit, options: TrainOpti
         id_table = load_id_table(options.ids, split.num_items)
     teacher = None
     if options.teacher is not None:
-        teacher = load_teacher(options.teacher, split.num_items, backbone.device)
+        teacher = load_teacher(options.teacher, split.num_items, options.max_history_length, backbone.device)
     config = E4SRecConfig(
         num_items=split.num_items,
         id_dim=id_table.shape[1],

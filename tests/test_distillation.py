@@ -15,7 +15,7 @@ SEQUENCES = [[1, 2, 3, 4, 5, 6], [7, 8], [9, 10, 11, 12]]
 
 @pytest.fixture(scope="module")
 def teacher(synthetic_ids):
-    return load_teacher(synthetic_ids, NUM_SYNTHETIC_ITEMS, torch.device("cpu"))
+    return load_teacher(synthetic_ids, NUM_SYNTHETIC_ITEMS, 20, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("with_response", [False, True])
@@ -36,9 +36,9 @@ def test_teacher_rows_follow_bundle_rows(teacher, with_response):
     torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_teacher_rejects_longer_histories(teacher):
-    with pytest.raises(DistillationError, match="max_history_length 21 is above the teacher's max_length 20"):
-        teacher_logits(teacher, SEQUENCES, 21, with_response=False)
+def test_teacher_rejects_longer_histories(synthetic_ids):
+    with pytest.raises(DistillationError, match="max_history_length 21 is above the max_length 20 of teacher"):
+        load_teacher(synthetic_ids, NUM_SYNTHETIC_ITEMS, 21, torch.device("cpu"))
 
 
 def test_weight_zero_is_plain_cross_entropy():
@@ -106,12 +106,12 @@ def test_missing_teacher_file_is_named(synthetic_ids, tmp_path):
     (folder / "sasrec.safetensors").unlink()
 
     with pytest.raises(DistillationError, match=r"teacher file .*sasrec.safetensors not found; pass a folder written by e4srec pretrain-ids"):
-        load_teacher(folder, NUM_SYNTHETIC_ITEMS, torch.device("cpu"))
+        load_teacher(folder, NUM_SYNTHETIC_ITEMS, 20, torch.device("cpu"))
 
 
 def test_teacher_of_other_data_is_rejected(synthetic_ids):
     with pytest.raises(DistillationError, match=f"trained on {NUM_SYNTHETIC_ITEMS} items, but the data has 99"):
-        load_teacher(synthetic_ids, 99, torch.device("cpu"))
+        load_teacher(synthetic_ids, 99, 20, torch.device("cpu"))
 
 
 def test_distilled_training_records_teacher(tiny_backbone_dir, synthetic_split, synthetic_ids, tmp_path):

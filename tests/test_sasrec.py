@@ -118,8 +118,8 @@ def test_first_origin_counts_from_oldest_item():
     last = SASRec(SASRecConfig(num_items=30, hidden_size=16, max_length=12, dropout=0.0, position_origin="last")).eval()
     last.load_state_dict(first.state_dict())
 
-    # The state at the oldest item sees only that item and its position, so it
-    # matches across history lengths exactly when positions start at the oldest item.
+    # The state at the oldest item depends only on that item and its position,
+    # so it matches across history lengths exactly when positions start there.
     with torch.no_grad():
         first_short, first_long = first(left_pad([[3]], 1))[0, 0], first(left_pad([[3, 4, 5]], 3))[0, 0]
         last_short, last_long = last(left_pad([[3]], 1))[0, 0], last(left_pad([[3, 4, 5]], 3))[0, 0]
