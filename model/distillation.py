@@ -34,7 +34,7 @@ class DistillationSettings:
     """``weight`` is the share of the loss given to the teacher (0 turns distillation off)."""
 
     weight: float = 0.5
-    temperature: float = 1.0
+    temperature: float = 2.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.weight <= 1.0:

@@ -68,7 +68,7 @@ def test_soft_term_matches_hand_computed_kl():
     logits = torch.tensor([[-1e9, 0.0, 0.0]])
     labels = torch.tensor([1])
 
-    loss = distillation_loss(logits, labels, teacher_scores, DistillationSettings(weight=1.0))
+    loss = distillation_loss(logits, labels, teacher_scores, DistillationSettings(weight=1.0, temperature=1.0))
 
     expected = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
