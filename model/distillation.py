@@ -31,7 +31,10 @@ class DistillationError(ValueError):
 
 @dataclass(frozen=True)
 class DistillationSettings:
-    """``weight`` is the share of the loss given to the teacher (0 turns distillation off)."""
+    """Distillation settings: ``weight`` is the share of the loss given to the teacher (0 turns distillation off).
+
+    ``temperature`` divides both the teacher's and the bundle's scores before the softmax.
+    """
 
     weight: float = 0.5
     temperature: float = 2.0

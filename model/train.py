@@ -340,8 +340,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random-id-dim", type=int, default=64, help="id_dim of a random ID table (with --ids random)")
     parser.add_argument("--train-ids", action="store_true", help="fine-tune the ID table instead of keeping it frozen")
     parser.add_argument("--teacher", default=None, help="pretrain-ids folder whose SASRec model (sasrec.safetensors) is distilled into the bundle")
-    parser.add_argument("--distill-weight", type=float, default=0.5, help="share of the loss from the teacher's soft targets (with --teacher)")
-    parser.add_argument("--distill-temperature", type=float, default=2.0, help="softmax temperature of the teacher and bundle scores (with --teacher)")
+    parser.add_argument(
+        "--distill-weight",
+        type=float,
+        default=DistillationSettings.weight,
+        help=f"share of the loss from the teacher's soft targets (with --teacher, default {DistillationSettings.weight})",
+    )
+    parser.add_argument(
+        "--distill-temperature",
+        type=float,
+        default=DistillationSettings.temperature,
+        help=f"softmax temperature of the teacher and bundle scores (with --teacher, default {DistillationSettings.temperature})",
+    )
     parser.add_argument("--name", required=True, help="bundle name (a-z, 0-9, '-', '_')")
     parser.add_argument("--output", required=True, help="bundle folder to write, for example adapters/NAME")
 

@@ -1,3 +1,4 @@
+import argparse
 import math
 import shutil
 
@@ -7,7 +8,7 @@ import torch
 from model.bundle import read_manifest
 from model.distillation import DistillationError, DistillationSettings, distillation_loss, load_teacher, teacher_logits
 from model.e4srec import supervised_labels
-from model.train import TrainOptions, train_bundle
+from model.train import TrainOptions, add_train_arguments, train_bundle
 from tests.conftest import NUM_SYNTHETIC_ITEMS
 
 SEQUENCES = [[1, 2, 3, 4, 5, 6], [7, 8], [9, 10, 11, 12]]
@@ -145,3 +146,14 @@ def test_cli_rejects_bad_weight(synthetic_data_file, synthetic_ids, tmp_path, ca
     assert status == 2
     assert "distillation weight 2.0 is invalid" in capsys.readouterr().err
     assert not output.exists()
+
+
+def test_cli_defaults_match_settings():
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+
+    args = parser.parse_args(["--data", "sequences.txt", "--ids", "random", "--name", "demo", "--output", "out"])
+
+    assert args.distill_weight == DistillationSettings().weight
+    assert args.distill_temperature == DistillationSettings().temperature
+    assert args.distill_temperature == 2.0
