@@ -12,21 +12,15 @@ an untimed warm-up step, alternating in slices so both see the same machine.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
-import time
-from pathlib import Path
 
 import torch
 
-from common import machine
-from model.backbone import BackboneSettings, load_backbone
+from common import machine, sample_training_users, time_alternately, trainable_e4srec, training_bench_parser
 from model.batching import length_bucketed_batches
-from model.data import leave_one_out, read_interactions
-from model.e4srec import E4SRec, E4SRecConfig
-from model.lora import LoraSettings, attach_adapter
+from model.lora import LoraSettings
 
 SLICE_S = 10.0
 
@@ -40,31 +34,13 @@ def prefix_examples(sequences: list[list[int]], max_length: int) -> list[tuple[l
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="smollm2", help="backbone source")
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "beauty"), help="interaction data")
-    parser.add_argument("--users", type=int, default=200, help="users sampled for both objectives")
-    parser.add_argument("--seconds", type=float, default=60.0, help="timed seconds per objective")
-    parser.add_argument("--batch-size", type=int, default=32, help="sequences (dense) or prefixes (per prefix) per step")
-    parser.add_argument("--max-history-length", type=int, default=20, help="most recent items per input")
-    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="backbone weight dtype (bf16 also autocasts)")
-    parser.add_argument("--output", type=Path, default=None, help="write the figures as JSON here")
+    parser = training_bench_parser(__doc__, batch_help="sequences (dense) or prefixes (per prefix) per step")
     args = parser.parse_args()
 
-    split = leave_one_out(read_interactions(args.data))
-    sequences = random.Random(0).sample([s for s in split.train if len(s) >= 2], args.users)
-    backbone = load_backbone(BackboneSettings(source=args.backbone, dtype=args.dtype))
-    config = E4SRecConfig(
-        num_items=split.num_items, id_dim=64, hidden_size=backbone.hidden_size,
-        max_history_length=args.max_history_length, instruction_ids=backbone.encode_text("Predict the next item."),
-        lora=LoraSettings(r=8),
+    split, sequences = sample_training_users(args.data, args.users)
+    module, optimizer, autocast = trainable_e4srec(
+        args.backbone, args.dtype, split.num_items, args.max_history_length, LoraSettings(r=8), adapter_name="bench--training"
     )
-    module = E4SRec(backbone, config, adapter_name="bench--training")
-    attach_adapter(backbone, "bench--training", config.lora, trainable=True)
-    module.train()
-    parameters = [p for p in module.parameters() if p.requires_grad] + [p for p in backbone.peft_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=1e-4)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
 
     dense_batches = length_bucketed_batches(sequences, args.batch_size, seed=0)
     examples = sorted(prefix_examples(sequences, args.max_history_length), key=lambda example: len(example[0]))
@@ -91,18 +67,7 @@ def main() -> int:
         return len(batch)
 
     objectives = {"dense (one pass per sequence)": dense_step, "one forward per prefix": prefix_step}
-    totals = {label: {"targets": 0, "seconds": 0.0, "steps": 0} for label in objectives}
-    for step in objectives.values():
-        step(0)
-    while any(total["seconds"] < args.seconds for total in totals.values()):
-        for label, step in objectives.items():
-            total = totals[label]
-            slice_end = time.perf_counter() + min(SLICE_S, args.seconds - total["seconds"])
-            while time.perf_counter() < slice_end and total["seconds"] < args.seconds:
-                started = time.perf_counter()
-                total["targets"] += step(total["steps"] + 1)
-                total["steps"] += 1
-                total["seconds"] += time.perf_counter() - started
+    totals = time_alternately(objectives, args.seconds, SLICE_S)
 
     rates = {label: total["targets"] / total["seconds"] for label, total in totals.items()}
     ratio = rates["dense (one pass per sequence)"] / rates["one forward per prefix"]

@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=cmd_evaluate)
 
     plot = commands.add_parser("plot-training", help="plot the training curves recorded in bundle manifests")
-    plot.add_argument("bundles", nargs="+", help="bundle folders")
+    plot.add_argument("bundles", nargs="+", help="bundle folders or manifest JSON files (such as those exported to docs/results)")
     plot.add_argument("-o", "--output", required=True, help="PNG file to write")
     plot.set_defaults(handler=cmd_plot_training)
 

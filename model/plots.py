@@ -10,14 +10,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from model.bundle import read_manifest  # noqa: E402
+from model.bundle import BundleError, Manifest, read_manifest, read_manifest_file  # noqa: E402
 
 
-def plot_training_curves(bundle_dirs: list[Path], output: Path) -> Path:
-    """Plot training loss and, where recorded, validation NDCG@10 of each bundle against steps."""
+def plot_training_curves(sources: list[Path], output: Path) -> Path:
+    """Plot training loss and, where recorded, validation NDCG@10 against steps, from bundle folders or manifest files."""
     figure, (loss_axis, valid_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    for folder in bundle_dirs:
-        manifest = read_manifest(folder)
+    for source in sources:
+        manifest = _read_curves_source(Path(source))
         label = f"{manifest.name}@{manifest.version}"
         loss_curve = manifest.training.get("loss_curve") or []
         if loss_curve:
@@ -52,6 +52,14 @@ def plot_pretrain_curves(run_dirs: list[Path], output: Path) -> Path:
     hr_axis.set(title="validation HR@10", xlabel="epoch", ylabel="HR@10")
     ndcg_axis.set(title="validation NDCG@10 (dotted: best epoch)", xlabel="epoch", ylabel="NDCG@10")
     return _save(figure, output)
+
+
+def _read_curves_source(source: Path) -> Manifest:
+    if source.is_dir():
+        return read_manifest(source)
+    if source.is_file():
+        return read_manifest_file(source)
+    raise BundleError(f"{source} not found; pass a bundle folder or a manifest JSON file")
 
 
 def _save(figure: plt.Figure, output: Path) -> Path:

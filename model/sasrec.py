@@ -15,7 +15,6 @@ from torch import nn
 
 from model.data import PADDING_ID
 
-
 BLOCKS = ("pre-norm", "query-norm")
 # "last": positions count back from the most recent item, so a position
 # embedding encodes recency. "first": positions count from the oldest item

@@ -128,6 +128,27 @@ def test_plot_training_writes_png(trained_bundle_dir, tmp_path):
     assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_training_reads_exported_manifest(trained_bundle_dir, tmp_path):
+    from model.cli import main
+
+    exported = tmp_path / "exported-manifest.json"
+    exported.write_text((trained_bundle_dir / "manifest.json").read_text())
+    output = tmp_path / "curves.png"
+
+    assert main(["plot-training", str(exported), "-o", str(output)]) == 0
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_training_missing_source(tmp_path, capsys):
+    from model.cli import main
+
+    output = tmp_path / "curves.png"
+
+    assert main(["plot-training", str(tmp_path / "absent"), "-o", str(output)]) != 0
+    assert "bundle folder or a manifest JSON file" in capsys.readouterr().err
+    assert not output.exists()
+
+
 def test_plot_pretrain_writes_png(synthetic_ids, tmp_path):
     from model.cli import main
 
