@@ -171,12 +171,6 @@ def read_manifest(folder: Path) -> Manifest:
     path = folder / MANIFEST_FILE
     if not path.is_file():
         raise BundleError(f"{folder} is not a bundle: {MANIFEST_FILE} is missing")
-    return read_manifest_file(path)
-
-
-def read_manifest_file(path: Path) -> Manifest:
-    """Read and check one manifest file, such as a bundle's manifest.json or a copy exported beside results."""
-    path = Path(path)
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -10,19 +10,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from model.bundle import BundleError, Manifest, read_manifest, read_manifest_file  # noqa: E402
+from model.bundle import BundleError, read_manifest  # noqa: E402
 
 
 def plot_training_curves(sources: list[Path], output: Path) -> Path:
     """Plot training loss and, where recorded, validation NDCG@10 against steps, from bundle folders or manifest files."""
     figure, (loss_axis, valid_axis) = plt.subplots(1, 2, figsize=(11, 4))
     for source in sources:
-        manifest = _read_curves_source(Path(source))
-        label = f"{manifest.name}@{manifest.version}"
-        loss_curve = manifest.training.get("loss_curve") or []
+        label, training = _read_curves(Path(source))
+        loss_curve = training.get("loss_curve") or []
         if loss_curve:
             loss_axis.plot([point[0] for point in loss_curve], [point[1] for point in loss_curve], label=label)
-        valid_curve = manifest.training.get("valid_curve") or []
+        valid_curve = training.get("valid_curve") or []
         if valid_curve:
             valid_axis.plot([point["step"] for point in valid_curve], [point["ndcg_at_10"] for point in valid_curve], marker="o", label=label)
     if not valid_axis.get_lines():
@@ -54,12 +53,20 @@ def plot_pretrain_curves(run_dirs: list[Path], output: Path) -> Path:
     return _save(figure, output)
 
 
-def _read_curves_source(source: Path) -> Manifest:
+def _read_curves(source: Path) -> tuple[str, dict]:
+    """Return the label and training record of a bundle folder, or of a manifest file such as the copies in docs/results."""
     if source.is_dir():
-        return read_manifest(source)
-    if source.is_file():
-        return read_manifest_file(source)
-    raise BundleError(f"{source} not found; pass a bundle folder or a manifest JSON file")
+        manifest = read_manifest(source)
+        return f"{manifest.name}@{manifest.version}", manifest.training
+    if not source.is_file():
+        raise BundleError(f"{source} not found; pass a bundle folder or a manifest JSON file")
+    try:
+        values = json.loads(source.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"{source} is not valid JSON: {error}") from None
+    if not isinstance(values, dict) or not {"name", "version", "training"} <= values.keys() or not isinstance(values["training"], dict):
+        raise BundleError(f"{source} is not a bundle manifest: it needs name, version and a training object; pass a bundle's manifest.json")
+    return f"{values['name']}@{values['version']}", values["training"]
 
 
 def _save(figure: plt.Figure, output: Path) -> Path:

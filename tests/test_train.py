@@ -131,12 +131,25 @@ def test_plot_training_writes_png(trained_bundle_dir, tmp_path):
 def test_plot_training_reads_exported_manifest(trained_bundle_dir, tmp_path):
     from model.cli import main
 
+    manifest = json.loads((trained_bundle_dir / "manifest.json").read_text())
     exported = tmp_path / "exported-manifest.json"
-    exported.write_text((trained_bundle_dir / "manifest.json").read_text())
+    exported.write_text(json.dumps({key: manifest[key] for key in ("name", "version", "training", "metrics", "model")}))
     output = tmp_path / "curves.png"
 
     assert main(["plot-training", str(exported), "-o", str(output)]) == 0
     assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_training_rejects_other_json(tmp_path, capsys):
+    from model.cli import main
+
+    other = tmp_path / "metrics.json"
+    other.write_text(json.dumps({"test": {"hr_at_10": 0.1}}))
+    output = tmp_path / "curves.png"
+
+    assert main(["plot-training", str(other), "-o", str(output)]) != 0
+    assert "is not a bundle manifest" in capsys.readouterr().err
+    assert not output.exists()
 
 
 def test_plot_training_missing_source(tmp_path, capsys):
