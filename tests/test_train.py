@@ -152,6 +152,18 @@ def test_plot_training_rejects_other_json(tmp_path, capsys):
     assert not output.exists()
 
 
+def test_plot_training_rejects_broken_json(tmp_path, capsys):
+    from model.cli import main
+
+    broken = tmp_path / "manifest.json"
+    broken.write_text('{"name": "beauty",')
+    output = tmp_path / "curves.png"
+
+    assert main(["plot-training", str(broken), "-o", str(output)]) != 0
+    assert "is not valid JSON" in capsys.readouterr().err
+    assert not output.exists()
+
+
 def test_plot_training_missing_source(tmp_path, capsys):
     from model.cli import main
 
