@@ -37,8 +37,10 @@ def machine() -> str:
     return f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
-def trainable_e4srec(backbone_source: str, dtype: str, num_items: int, max_history_length: int, lora: LoraSettings, adapter_name: str):
-    """Build an E4SRec module with a trainable LoRA adapter, as ``e4srec train`` does; return it, AdamW and the autocast context."""
+def trainable_e4srec(
+    backbone_source: str, dtype: str, num_items: int, max_history_length: int, lora: LoraSettings, adapter_name: str
+) -> tuple[E4SRec, torch.optim.Optimizer, torch.autocast]:
+    """Build an E4SRec module with a trainable LoRA adapter as ``e4srec train`` does, and return it with AdamW and the autocast context."""
     backbone = load_backbone(BackboneSettings(source=backbone_source, dtype=dtype))
     config = E4SRecConfig(
         num_items=num_items, id_dim=64, hidden_size=backbone.hidden_size,

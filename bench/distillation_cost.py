@@ -5,8 +5,8 @@ users, batches, backbone and LoRA settings, each for the same wall time after
 an untimed warm-up step, alternating in slices so both see the same machine.
 The distilled step adds what ``e4srec train --teacher`` adds: the teacher
 scores every supervised prefix over all items, and the loss mixes in the KL
-term. The teacher is a SASRec model of the default ``pretrain-ids`` shape;
-its weights do not change its cost, so the script uses a fresh one unless
+term. The teacher is a SASRec model of the default ``pretrain-ids`` shape.
+Its weights do not change its cost, so the script uses a fresh one unless
 ``--teacher`` names a ``pretrain-ids`` folder.
 
     .venv/bin/python bench/distillation_cost.py --seconds 60

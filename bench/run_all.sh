@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every benchmark on the embedded SmolLM2 backbone and the demo bundle,
-# writing each one's figures as JSON into docs/results/ (about 10 minutes on 2 CPU cores).
+# writing each one's figures as JSON into docs/results/ (an estimated 10 minutes on 2 CPU cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=.venv/bin/python

@@ -166,17 +166,23 @@ def write_bundle(
     return manifest
 
 
+def read_json_object(path: Path) -> dict:
+    """Read a JSON file that must contain one object, such as a manifest, and raise BundleError if it does not."""
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(values, dict):
+        raise BundleError(f"{path} must contain a JSON object, found {type(values).__name__}")
+    return values
+
+
 def read_manifest(folder: Path) -> Manifest:
     folder = Path(folder)
     path = folder / MANIFEST_FILE
     if not path.is_file():
         raise BundleError(f"{folder} is not a bundle: {MANIFEST_FILE} is missing")
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BundleError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(values, dict):
-        raise BundleError(f"{path} must contain a JSON object, found {type(values).__name__}")
+    values = read_json_object(path)
     if values.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{path}: format_version {values.get('format_version')!r} is not supported; expected {FORMAT_VERSION}")
     try:

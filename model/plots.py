@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from model.bundle import BundleError, read_manifest  # noqa: E402
+from model.bundle import BundleError, read_json_object, read_manifest  # noqa: E402
 
 
 def plot_training_curves(sources: list[Path], output: Path) -> Path:
@@ -60,11 +60,8 @@ def _read_curves(source: Path) -> tuple[str, dict]:
         return f"{manifest.name}@{manifest.version}", manifest.training
     if not source.is_file():
         raise BundleError(f"{source} not found; pass a bundle folder or a manifest JSON file")
-    try:
-        values = json.loads(source.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BundleError(f"{source} is not valid JSON: {error}") from None
-    if not isinstance(values, dict) or not {"name", "version", "training"} <= values.keys() or not isinstance(values["training"], dict):
+    values = read_json_object(source)
+    if not {"name", "version", "training"} <= values.keys() or not isinstance(values["training"], dict):
         raise BundleError(f"{source} is not a bundle manifest: it needs name, version and a training object; pass a bundle's manifest.json")
     return f"{values['name']}@{values['version']}", values["training"]
 

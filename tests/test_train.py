@@ -140,37 +140,25 @@ def test_plot_training_reads_exported_manifest(trained_bundle_dir, tmp_path):
     assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_plot_training_rejects_other_json(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("metrics.json", json.dumps({"test": {"hr_at_10": 0.1}}), "is not a bundle manifest"),
+        ("manifest.json", '{"name": "beauty",', "is not valid JSON"),
+        ("list.json", "[1, 2]", "must contain a JSON object"),
+        ("absent", None, "bundle folder or a manifest JSON file"),
+    ],
+)
+def test_plot_training_rejects_bad_source(tmp_path, capsys, name, text, message):
     from model.cli import main
 
-    other = tmp_path / "metrics.json"
-    other.write_text(json.dumps({"test": {"hr_at_10": 0.1}}))
+    source = tmp_path / name
+    if text is not None:
+        source.write_text(text)
     output = tmp_path / "curves.png"
 
-    assert main(["plot-training", str(other), "-o", str(output)]) != 0
-    assert "is not a bundle manifest" in capsys.readouterr().err
-    assert not output.exists()
-
-
-def test_plot_training_rejects_broken_json(tmp_path, capsys):
-    from model.cli import main
-
-    broken = tmp_path / "manifest.json"
-    broken.write_text('{"name": "beauty",')
-    output = tmp_path / "curves.png"
-
-    assert main(["plot-training", str(broken), "-o", str(output)]) != 0
-    assert "is not valid JSON" in capsys.readouterr().err
-    assert not output.exists()
-
-
-def test_plot_training_missing_source(tmp_path, capsys):
-    from model.cli import main
-
-    output = tmp_path / "curves.png"
-
-    assert main(["plot-training", str(tmp_path / "absent"), "-o", str(output)]) != 0
-    assert "bundle folder or a manifest JSON file" in capsys.readouterr().err
+    assert main(["plot-training", str(source), "-o", str(output)]) != 0
+    assert message in capsys.readouterr().err
     assert not output.exists()
 
 
