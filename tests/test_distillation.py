@@ -4,9 +4,10 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from model.bundle import read_manifest
-from model.distillation import DistillationError, DistillationSettings, distillation_loss, load_teacher, teacher_logits
+from model.distillation import DistillationError, DistillationSettings, distillation_loss, load_teacher, load_teachers, teacher_logits
 from model.e4srec import supervised_labels
 from model.train import TrainOptions, add_train_arguments, train_bundle
 from tests.conftest import NUM_SYNTHETIC_ITEMS
@@ -17,6 +18,18 @@ SEQUENCES = [[1, 2, 3, 4, 5, 6], [7, 8], [9, 10, 11, 12]]
 @pytest.fixture(scope="module")
 def teacher(synthetic_ids):
     return load_teacher(synthetic_ids, NUM_SYNTHETIC_ITEMS, 20, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def second_teacher_dir(synthetic_ids, tmp_path_factory):
+    """A copy of the pretrain-ids folder whose SASRec weights are perturbed, standing in for another seed."""
+    folder = tmp_path_factory.mktemp("second-teacher")
+    shutil.copytree(synthetic_ids, folder, dirs_exist_ok=True)
+    generator = torch.Generator().manual_seed(7)
+    state = load_teacher(synthetic_ids, NUM_SYNTHETIC_ITEMS, 20, torch.device("cpu")).state_dict()
+    perturbed = {name: tensor + 0.1 * torch.randn(tensor.shape, generator=generator) for name, tensor in state.items()}
+    save_file(perturbed, str(folder / "sasrec.safetensors"))
+    return folder
 
 
 @pytest.mark.parametrize("with_response", [False, True])
@@ -35,6 +48,29 @@ def test_teacher_rows_follow_bundle_rows(teacher, with_response):
     labels = supervised_labels(SEQUENCES, max_history_length, with_response)
     assert scores.shape == (len(labels), NUM_SYNTHETIC_ITEMS + 1)
     torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_ensemble_scores_are_the_mean_of_its_members(synthetic_ids, second_teacher_dir):
+    first = load_teacher(synthetic_ids, NUM_SYNTHETIC_ITEMS, 20, torch.device("cpu"))
+    second = load_teacher(second_teacher_dir, NUM_SYNTHETIC_ITEMS, 20, torch.device("cpu"))
+    ensemble = load_teachers([synthetic_ids, second_teacher_dir], NUM_SYNTHETIC_ITEMS, 20, torch.device("cpu"))
+
+    scores = teacher_logits(ensemble, SEQUENCES, 3, with_response=False)
+
+    single = [teacher_logits(model, SEQUENCES, 3, with_response=False) for model in (first, second)]
+    assert not torch.allclose(single[0], single[1])
+    torch.testing.assert_close(scores, (single[0] + single[1]) / 2, atol=1e-5, rtol=1e-5)
+    assert not any(parameter.requires_grad for parameter in ensemble.parameters())
+
+
+def test_ensemble_rejects_a_folder_given_twice(synthetic_ids):
+    with pytest.raises(DistillationError, match="is given twice; pass each pretrain-ids folder once"):
+        load_teachers([synthetic_ids, synthetic_ids], NUM_SYNTHETIC_ITEMS, 20, torch.device("cpu"))
+
+
+def test_ensemble_needs_a_member():
+    with pytest.raises(DistillationError, match="a teacher needs at least one SASRec model"):
+        load_teachers([], NUM_SYNTHETIC_ITEMS, 20, torch.device("cpu"))
 
 
 def test_teacher_rejects_longer_histories(synthetic_ids):
@@ -115,12 +151,12 @@ def test_teacher_of_other_data_is_rejected(synthetic_ids):
         load_teacher(synthetic_ids, 99, 20, torch.device("cpu"))
 
 
-def test_distilled_training_records_teacher(tiny_backbone_dir, synthetic_split, synthetic_ids, tmp_path):
+def test_distilled_training_records_teachers(tiny_backbone_dir, synthetic_split, synthetic_ids, second_teacher_dir, tmp_path):
     from model.backbone import BackboneSettings, load_backbone
 
     backbone = load_backbone(BackboneSettings(source=str(tiny_backbone_dir), cache_dir=tmp_path / "cache"))
     options = TrainOptions(
-        name="distilled", output=tmp_path / "bundle", ids=synthetic_ids, teacher=synthetic_ids,
+        name="distilled", output=tmp_path / "bundle", ids=synthetic_ids, teachers=(synthetic_ids, second_teacher_dir),
         distillation=DistillationSettings(weight=0.7, temperature=2.0),
         epochs=1.0, batch_size=32, progress=False, eval_users=50, warmup_steps=2,
     )
@@ -128,7 +164,7 @@ def test_distilled_training_records_teacher(tiny_backbone_dir, synthetic_split, 
     metrics = train_bundle(backbone, synthetic_split, options, {"source": "synthetic"})
 
     training = read_manifest(tmp_path / "bundle").training
-    assert training["teacher"] == str(synthetic_ids)
+    assert training["teacher"] == [str(synthetic_ids), str(second_teacher_dir)]
     assert training["distillation"] == {"weight": 0.7, "temperature": 2.0}
     assert math.isfinite(training["final_loss"])
     assert metrics["num_cases"] == 50
@@ -157,3 +193,26 @@ def test_cli_defaults_match_settings():
     assert args.distill_weight == DistillationSettings().weight
     assert args.distill_temperature == DistillationSettings().temperature
     assert args.distill_temperature == 2.0
+
+
+def test_cli_takes_several_teachers():
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+
+    args = parser.parse_args(["--data", "d", "--ids", "random", "--name", "demo", "--output", "out", "--teacher", "runs/s0", "runs/s1"])
+
+    assert args.teacher == ["runs/s0", "runs/s1"]
+
+
+def test_cli_rejects_a_teacher_given_twice(synthetic_data_file, synthetic_ids, tmp_path, capsys):
+    from model.cli import main
+
+    output = tmp_path / "bundle"
+    status = main([
+        "train", "--data", str(synthetic_data_file), "--ids", str(synthetic_ids),
+        "--teacher", str(synthetic_ids), str(synthetic_ids), "--name", "twice", "--output", str(output),
+    ])
+
+    assert status == 2
+    assert "is given twice; pass each pretrain-ids folder once" in capsys.readouterr().err
+    assert not output.exists()
