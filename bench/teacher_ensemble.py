@@ -37,6 +37,8 @@ def main() -> int:
 
     split = leave_one_out(read_interactions(args.data))
     cases = split.valid if args.split == "valid" else split.test
+    # No bundle reads these histories, so the bundle's history bound is the smallest one. Each
+    # run still reads up to its own max_length items.
     ensemble = load_teachers(args.runs, split.num_items, max_history_length=1, device=torch.device("cpu"))
 
     def member_score(index: int):
